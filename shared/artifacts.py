@@ -1,0 +1,36 @@
+"""Image bytes in Redis: the upload a worker reads and the PNGs it writes.
+
+Blobs live under their own keys with a TTL and never inside a Celery message or the
+result backend, which would publish the whole value on every result and base64 it.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from shared.keys import Keys
+from shared.schemas import ARTIFACT_NAMES
+
+
+class ArtifactStore:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+        self.r = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    def get_upload(self, job_id: str) -> bytes | None:
+        return self.r.get(self.keys.upload(job_id))
+
+    def put(self, job_id: str, artifacts: dict[str, bytes]) -> None:
+        unknown = set(artifacts) - set(ARTIFACT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown artifact names: {sorted(unknown)}")
+        pipe = self.r.pipeline(transaction=True)
+        for name, data in artifacts.items():
+            pipe.set(self.keys.artifact(job_id, name), data, ex=self.ttl_s)
+        pipe.execute()
+
+    def get(self, job_id: str, name: str) -> bytes | None:
+        if name not in ARTIFACT_NAMES:
+            return None
+        return self.r.get(self.keys.artifact(job_id, name))

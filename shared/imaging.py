@@ -1,0 +1,99 @@
+"""Image sniffing and decoding, the same code on both sides of the queue.
+
+The gateway calls :func:`inspect` to decide, from the bytes alone (never the file name or
+content type), whether to accept an upload; the worker calls :func:`decode_rgb` on what
+was accepted. Sharing the code means an image the gateway accepts is one the worker can
+decode, so a bad upload fails in the request, not later in a job.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared.schemas import ImageInfo
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = {5, 6, 7, 8}
+
+
+@dataclass
+class ImageRejected(Exception):
+    status: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def inspect(data: bytes, *, max_pixels: int, max_side: int, allowed_formats: tuple[str, ...]) -> ImageInfo:
+    """Validate an upload; returns its format and (orientation-corrected) size or raises ImageRejected."""
+    if not data:
+        raise ImageRejected(400, "empty_image", "the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected(413, "image_too_large", "image dimensions exceed the pixel limit") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(
+            415, "not_an_image", f"the upload is not an image in a supported format ({', '.join(allowed_formats)})"
+        ) from None
+    except Exception as e:  # Pillow raises assorted errors on malformed headers
+        raise ImageRejected(422, "corrupt_image", f"the image header could not be read: {e}"[:300]) from None
+    with im:
+        fmt = (im.format or "").upper()
+        if fmt not in allowed_formats:
+            raise ImageRejected(
+                415,
+                "unsupported_format",
+                f"image format {fmt or 'unknown'} is not accepted; use one of {', '.join(allowed_formats)}",
+            )
+        w, h = im.size
+        if w < 1 or h < 1:
+            raise ImageRejected(422, "corrupt_image", f"image has no pixels ({w}x{h})")
+        if w > max_side or h > max_side or w * h > max_pixels:
+            raise ImageRejected(
+                413, "image_too_large",
+                f"image is {w}x{h}; the limit is {max_pixels} pixels and {max_side} pixels per side",
+            )  # fmt: skip
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im.seek(0)
+                im.load()
+        except Exception as e:
+            raise ImageRejected(422, "corrupt_image", f"the image could not be decoded: {e}"[:300]) from None
+        try:
+            orientation = im.getexif().get(_EXIF_ORIENTATION)
+        except Exception:
+            orientation = None
+        if orientation in _SWAPS_SIDES:
+            w, h = h, w
+        return ImageInfo(format=fmt, width=w, height=h, bytes=len(data))
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode to 8-bit RGB: first frame, EXIF orientation applied, alpha composited on white."""
+    im = Image.open(io.BytesIO(data))
+    im.seek(0)
+    im.load()
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if im.mode != "F" and arr.max(initial=0) > 255:
+            arr = arr / 257.0  # 16-bit samples to 8-bit
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return im.convert("RGB")

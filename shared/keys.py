@@ -1,0 +1,47 @@
+"""The Redis key layout, in one place.
+
+Everything segcam writes lives under ``{prefix}:``; two deployments (or two test runs)
+with different prefixes share a Redis server without seeing each other. Celery's own
+queues are named from the same prefix for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job record, the gateway's source of truth (Celery's is not)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def upload(self, job_id: str) -> str:
+        """String: the uploaded image bytes, never put inside a Celery message."""
+        return f"{self.prefix}:upload:{job_id}"
+
+    def artifact(self, job_id: str, name: str) -> str:
+        """String: one PNG artifact (mask, heatmap, overlay)."""
+        return f"{self.prefix}:artifact:{job_id}:{name}"
+
+    def queued(self, queue: str) -> str:
+        """Sorted set: queued job IDs by enqueue order; ZRANK is the queue position."""
+        return f"{self.prefix}:queued:{queue}"
+
+    def sequence(self) -> str:
+        """Counter: a global enqueue sequence, the score in ``queued``."""
+        return f"{self.prefix}:seq"
+
+    def worker(self, name: str) -> str:
+        """String with TTL: a live worker's heartbeat (device, models)."""
+        return f"{self.prefix}:worker:{name}"
+
+    def workers(self) -> str:
+        """Sorted set: worker names by last heartbeat time."""
+        return f"{self.prefix}:workers"
+
+    def celery_queue(self, model: str) -> str:
+        """The Celery (kombu) queue that carries jobs for one model."""
+        return f"{self.prefix}.jobs.{model}"

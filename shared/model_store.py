@@ -1,0 +1,133 @@
+"""The model store: a directory of immutable model versions, readable without torch.
+
+Layout::
+
+    {model_dir}/{name}/{version}/manifest.json   # labels, input size, sha256 of the weights, ...
+    {model_dir}/{name}/{version}/weights.pt      # (or the file the manifest names)
+    {model_dir}/{name}/aliases.json              # {"production": "3", "latest": "4"}
+
+The gateway reads manifests to validate a job (model, class) before queueing it; the
+worker reads the same manifest to load the weights. Names and versions are checked
+against a strict pattern so no request can reach a path outside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_ALIASES = ("production", "latest")
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+class Normalization(BaseModel):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class ModelManifest(BaseModel):
+    name: str = Field(pattern=NAME_RE.pattern)
+    version: str = Field(pattern=VERSION_RE.pattern)
+    architecture: str
+    format: str = "state_dict"  # or "torchscript"
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] = Field(min_length=2)
+    input_size: tuple[int, int]
+    normalization: Normalization
+    target_layer: str | None = None  # None: the architecture's default
+    weights_file: str = "weights.pt"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def class_index(self, value: str) -> int:
+        """Resolve a class given as an index or a label; raises ValueError naming the choices."""
+        value = value.strip()
+        if re.fullmatch(r"-?\d+", value):
+            idx = int(value)
+            if not 0 <= idx < len(self.labels):
+                raise ValueError(
+                    f"class index {idx} is out of range for model '{self.name}' (0..{len(self.labels) - 1})"
+                )
+            return idx
+        try:
+            return self.labels.index(value)
+        except ValueError:
+            raise ValueError(
+                f"unknown class '{value[:64]}' for model '{self.name}'; labels: {', '.join(self.labels)}"
+            ) from None
+
+
+def _version_key(v: str) -> tuple:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[._-]", v))
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        d = self._model_dir(name)
+        vs = [
+            p.name for p in d.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / "manifest.json").is_file()
+        ]
+        return sorted(vs, key=_version_key)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        f = self._model_dir(name) / "aliases.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def resolve(self, ref: str) -> ModelManifest:
+        """``name``, ``name:version`` or ``name:alias`` to a manifest; raises ModelNotFound."""
+        name, _, tag = ref.partition(":")
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model '{name}' has no versions")
+        aliases = self.aliases(name)
+        if not tag:
+            tag = next((aliases[a] for a in DEFAULT_ALIASES if a in aliases), versions[-1])
+        version = aliases.get(tag, tag)
+        if version not in versions:
+            raise ModelNotFound(f"model '{name}' has no version or alias '{tag[:64]}'")
+        return self.manifest(name, version)
+
+    def manifest(self, name: str, version: str) -> ModelManifest:
+        if not VERSION_RE.match(version):
+            raise ModelNotFound(f"invalid version '{version[:64]}'")
+        f = self._model_dir(name) / version / "manifest.json"
+        if not f.is_file():
+            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+        return ModelManifest.model_validate_json(f.read_text())
+
+    def weights_path(self, m: ModelManifest) -> Path:
+        path = (self._model_dir(m.name) / m.version / m.weights_file).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ModelNotFound(f"weights file of {m.ref} lies outside the model store")
+        return path
+
+    def _model_dir(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise ModelNotFound(f"invalid model name '{name[:64]}'")
+        d = self.root / name
+        if not d.is_dir():
+            raise ModelNotFound(f"unknown model '{name}'")
+        return d

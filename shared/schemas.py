@@ -1,0 +1,175 @@
+"""The data that crosses the queue and the HTTP boundary, as pydantic models.
+
+The gateway writes a :class:`JobSpec`, the worker reads it and writes a
+:class:`JobResult`; clients read both through :class:`JobView`. Keeping them here
+means neither side can drift from the other.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Method(StrEnum):
+    """Grad-CAM variants that cost one forward (and at most one backward) per batch."""
+
+    gradcam = "gradcam"
+    gradcam_pp = "gradcam++"
+    hirescam = "hirescam"
+    xgradcam = "xgradcam"
+    layercam = "layercam"
+    eigencam = "eigencam"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+FINAL_STATUSES = frozenset(s.value for s in JobStatus if s.final)
+
+ARTIFACT_NAMES = ("mask", "heatmap", "overlay")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `invalid_image`.")
+    message: str = Field(description="What went wrong, in words.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class ImageInfo(BaseModel):
+    format: str
+    width: int
+    height: int
+    bytes: int
+
+
+class JobSpec(BaseModel):
+    """What the worker needs to run a job; validated by the gateway before queueing."""
+
+    model: str = Field(description="Model name in the store.")
+    model_version: str = Field(description="The version the gateway resolved the request to.")
+    method: Method = Method.gradcam
+    target_class: int | None = Field(
+        None, description="Class index to explain; null: the largest predicted non-background class."
+    )
+    image: ImageInfo
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class ClassStat(BaseModel):
+    id: int
+    label: str
+    pixel_fraction: float = Field(description="Share of the image's pixels predicted as this class.")
+    mean_confidence: float = Field(description="Mean softmax probability over those pixels.")
+
+
+class Peak(BaseModel):
+    x: int
+    y: int
+
+
+class Explanation(BaseModel):
+    class_id: int | None = Field(description="The explained class; null when there was nothing to explain.")
+    class_label: str | None
+    method: Method
+    target_layer: str
+    empty: bool = Field(
+        description="True when the explained class is absent from the prediction: the heatmap is all zero."
+    )
+    reason: str | None = Field(None, description="Why the explanation is empty.")
+    peak: Peak | None = Field(None, description="Heatmap maximum, in original image pixels.")
+    energy_in_mask: float | None = Field(
+        None, description="Share of the heatmap's total that lies inside the explained class's mask."
+    )
+
+
+class Timings(BaseModel):
+    queue_wait_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    cam_ms: float
+    encode_ms: float
+    total_ms: float = Field(description="Worker compute time for this job (preprocess to encode).")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class JobResult(BaseModel):
+    model: ModelRef
+    image: ImageSize
+    classes: list[ClassStat]
+    explanation: Explanation
+    timings_ms: Timings
+    batch_size: int = Field(1, description="How many jobs shared this job's forward and backward pass.")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URL.")
+
+
+class JobView(BaseModel):
+    """A job as a client sees it."""
+
+    model_config = ConfigDict(use_enum_values=True)
+
+    id: str
+    status: JobStatus
+    model: str
+    model_version: str
+    method: Method
+    target_class: int | None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    position: int | None = Field(None, description="Jobs ahead of this one while queued (0: next).")
+    error: ErrorInfo | None = None
+    result: JobResult | None = None
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus
+    position: int | None
+    url: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    architecture: str
+    labels: list[str]
+    input_size: tuple[int, int]
+    target_layer: str
+    sha256: str
+    workers: list[str] = Field(default_factory=list, description="Live workers serving this model.")
+
+
+class ModelList(BaseModel):
+    default: str
+    methods: list[Method]
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str
+    redis: bool | None = None
+    workers: list[str] | None = None

@@ -1,0 +1,86 @@
+"""Every knob of segcam, read once from the environment (prefix ``SEGCAM_``).
+
+The gateway, the workers, the launcher and the tests all read this one class, so a
+value set for a deployment means the same thing on both sides of the queue.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEGCAM_", extra="ignore")
+
+    # --- Redis and key layout ---
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("segcam", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    redis_socket_timeout_s: float = 5.0
+    redis_connect_timeout_s: float = 2.0
+
+    # --- Gateway ---
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = ""  # prefix for artifact URLs; empty: relative URLs
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_side: int = 16_384
+    allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+
+    # --- Jobs and artifacts ---
+    job_ttl_s: int = 24 * 3600
+    upload_ttl_s: int = 24 * 3600
+    artifact_ttl_s: int = 24 * 3600
+
+    # --- Models ---
+    model_dir: Path = ROOT / "models" / "store"
+    default_model: str = "shapes"
+    default_method: str = "gradcam"
+
+    # --- Worker ---
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    worker_models: str = ""  # comma-separated model names this worker serves; empty: all
+    cpu_workers: int = 1  # worker processes the launcher starts when no GPU is used
+    model_cache_size: int = 2  # loaded model versions kept per worker (LRU)
+    torch_threads: int = 0  # 0: leave torch's default
+    task_soft_time_limit_s: int = 120
+    task_time_limit_s: int = 150
+    visibility_timeout_s: int = 600
+    worker_proc_alive_timeout_s: float = 120.0
+    worker_heartbeat_s: float = 5.0
+    worker_max_tasks_per_child: int = 0  # 0: never recycle
+    result_expires_s: int = 3600
+
+    # --- Logging ---
+    log_level: str = "INFO"
+
+    @field_validator("task_time_limit_s")
+    @classmethod
+    def _hard_after_soft(cls, v: int, info) -> int:
+        soft = info.data.get("task_soft_time_limit_s", 0)
+        if v <= soft:
+            raise ValueError("task_time_limit_s must exceed task_soft_time_limit_s")
+        return v
+
+    @field_validator("visibility_timeout_s")
+    @classmethod
+    def _visibility_above_limit(cls, v: int, info) -> int:
+        hard = info.data.get("task_time_limit_s", 0)
+        if v <= hard:
+            raise ValueError("visibility_timeout_s must exceed task_time_limit_s, or jobs run twice")
+        return v
+
+    @property
+    def served_models(self) -> list[str]:
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

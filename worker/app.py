@@ -1,0 +1,11 @@
+"""The worker's Celery app: the shared configuration plus segcam's task and signal handlers.
+
+Start it with ``python -m worker`` (which checks the device first), not ``celery worker``.
+"""
+
+from __future__ import annotations
+
+from shared.celery_app import app
+from worker import signals, tasks  # noqa: F401  (registers the task and the handlers)
+
+__all__ = ["app"]

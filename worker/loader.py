@@ -1,0 +1,117 @@
+"""Load model versions from the store onto the worker's device, verified and cached.
+
+Weights are checked against the manifest's sha256 before torch sees them and are read
+with ``weights_only=True``: a tampered or swapped file is refused, and no pickled code
+runs. Loaded models are kept in a small LRU so a worker serving several models does not
+reload on every job, and never holds more than ``capacity`` of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shared.model_store import ModelManifest, ModelStore
+from worker.archs.registry import build, find_layer
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    manifest: ModelManifest
+    module: nn.Module
+    target_layer: nn.Module
+    target_layer_name: str
+    device: torch.device
+    mean: torch.Tensor  # (1, 3, 1, 1) on device
+    std: torch.Tensor
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _grad_from_target_layer(module: nn.Module, args, output):
+    """Start the autograd graph at the target layer instead of at the input.
+
+    Parameters are frozen, so nothing before this layer records a graph; the CAM needs
+    gradients only from the logits back to here. This skips the backbone's backward pass
+    (the bulk of Grad-CAM's cost) and gives the same gradients at the layer.
+    """
+    if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.detach().requires_grad_(True).clone()
+    return None
+
+
+def load_model(store: ModelStore, manifest: ModelManifest, device: torch.device) -> LoadedModel:
+    path = store.weights_path(manifest)
+    if not path.is_file():
+        raise ModelLoadError(f"{manifest.ref}: weights file {path.name} is missing")
+    digest = sha256_file(path)
+    if digest != manifest.sha256:
+        raise ModelLoadError(
+            f"{manifest.ref}: weights sha256 {digest[:12]}... does not match the manifest's "
+            f"{manifest.sha256[:12]}...; refusing to load"
+        )
+    num_classes = len(manifest.labels)
+    if manifest.format == "state_dict":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ModelLoadError(f"{manifest.ref}: {path.name} is not a state_dict")
+        module, default_layer = build(manifest.architecture, num_classes, state, **manifest.arch_kwargs)
+    else:
+        raise ModelLoadError(f"{manifest.ref}: unsupported weights format '{manifest.format}'")
+    layer_name = manifest.target_layer or default_layer
+    layer = find_layer(module, layer_name)
+    module.eval().requires_grad_(False).to(device)
+    layer.register_forward_hook(_grad_from_target_layer)
+    norm = manifest.normalization
+    return LoadedModel(
+        manifest=manifest,
+        module=module,
+        target_layer=layer,
+        target_layer_name=layer_name,
+        device=device,
+        mean=torch.tensor(norm.mean, device=device).view(1, 3, 1, 1),
+        std=torch.tensor(norm.std, device=device).view(1, 3, 1, 1),
+    )
+
+
+class ModelCache:
+    def __init__(self, store: ModelStore, device: torch.device, capacity: int = 2) -> None:
+        self.store = store
+        self.device = device
+        self.capacity = max(1, capacity)
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, manifest: ModelManifest) -> LoadedModel:
+        key = f"{manifest.ref}@{manifest.sha256}"
+        with self._lock:
+            hit = self._models.get(key)
+            if hit is not None:
+                self._models.move_to_end(key)
+                return hit
+            loaded = load_model(self.store, manifest, self.device)
+            self._models[key] = loaded
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            return loaded
+
+    def loaded(self) -> list[str]:
+        return [k.split("@")[0] for k in self._models]

@@ -1,0 +1,168 @@
+"""The compute of a job: decode, preprocess, forward + Grad-CAM, postprocess, encode.
+
+It works on a batch from the start (a single job is a batch of one), so the worker can
+hand it several queued jobs for the same model and method at once. It knows nothing of
+Redis or Celery: bytes and class IDs in, artifacts and a summary out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from shared.imaging import decode_rgb
+from shared.schemas import ClassStat, Explanation, Method, Peak
+from worker import render
+from worker.cam import explain
+from worker.loader import LoadedModel
+
+# Upsample logits to the original size (smooth mask edges) while C*H*W stays below this;
+# above it, upsample the label map instead, so a huge image cannot exhaust memory.
+FULL_RES_LOGITS_BUDGET = 32_000_000
+
+STAGES = ("preprocess", "inference", "cam", "encode")
+
+
+@dataclass
+class Item:
+    job_id: str
+    data: bytes
+    class_id: int | None = None
+
+
+@dataclass
+class ItemResult:
+    width: int
+    height: int
+    classes: list[ClassStat]
+    explanation: Explanation
+    artifacts: dict[str, bytes]
+    cam: np.ndarray  # (h, w) float32 at model input resolution
+    labels: np.ndarray  # (H, W) uint8 at original resolution
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.labels = model.manifest.labels
+        self.cuda = model.device.type == "cuda"
+
+    def clock(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.model.device)
+        return time.perf_counter()
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        h, w = self.model.manifest.input_size
+        arr = np.stack([np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.uint8) for im in images])
+        x = torch.from_numpy(arr).to(self.model.device).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.model.mean) / self.model.std
+
+    def run(self, items: list[Item], method: Method, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
+        stage = on_stage or (lambda _s: None)
+        num_classes = len(self.labels)
+        for it in items:
+            if it.class_id is not None and not 0 <= it.class_id < num_classes:
+                raise ValueError(f"class {it.class_id} is out of range (0..{num_classes - 1})")
+
+        stage("preprocess")
+        t0 = self.clock()
+        images = [decode_rgb(it.data) for it in items]
+        x = self.preprocess(images)
+        t1 = self.clock()
+
+        stage("inference")
+        out = explain(
+            self.model.module,
+            self.model.target_layer,
+            x,
+            [it.class_id for it in items],
+            method,
+            clock=self.clock,
+            on_forward=lambda: stage("cam"),
+        )
+        t2 = self.clock()
+
+        stage("encode")
+        results = []
+        shared_ms = {
+            "preprocess_ms": (t1 - t0) * 1000 / len(items),
+            "inference_ms": out.forward_s * 1000,
+            "cam_ms": (t2 - t1 - out.forward_s) * 1000,
+        }
+        for i, image in enumerate(images):
+            te = self.clock()
+            res = self._postprocess(image, out.logits[i], out.cams[i], out.targets[i], method)
+            res.timings_ms = {**shared_ms, "encode_ms": (self.clock() - te) * 1000}
+            results.append(res)
+        return results
+
+    def _postprocess(self, image: Image.Image, logits: torch.Tensor, cam: np.ndarray, target, method) -> ItemResult:
+        W, H = image.size
+        labels, stats = self._labels_and_stats(logits, H, W)
+        heat = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((W, H), Image.BILINEAR))
+        heat_u8 = render.heatmap_u8(heat)
+        explanation = self._explanation(target, method, heat, labels)
+        rgb = np.asarray(image)
+        artifacts = {
+            "mask": render.mask_png(labels),
+            "heatmap": render.heatmap_png(heat_u8),
+            "overlay": render.overlay_png(rgb, heat_u8),
+        }
+        return ItemResult(W, H, stats, explanation, artifacts, cam, labels)
+
+    def _labels_and_stats(self, logits: torch.Tensor, H: int, W: int) -> tuple[np.ndarray, list[ClassStat]]:
+        C = logits.shape[0]
+        if C * H * W <= FULL_RES_LOGITS_BUDGET:
+            logits = F.interpolate(logits[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]
+        probs = logits.float().softmax(0)
+        conf, pred = probs.max(0)
+        pred_np = pred.to(torch.uint8).cpu().numpy()
+        counts = np.bincount(pred_np.ravel(), minlength=C)
+        conf_sums = torch.zeros(C, device=conf.device).index_add_(0, pred.flatten(), conf.flatten()).cpu().numpy()
+        total = pred_np.size
+        stats = [
+            ClassStat(
+                id=c,
+                label=self.labels[c],
+                pixel_fraction=round(float(counts[c] / total), 6),
+                mean_confidence=round(float(conf_sums[c] / counts[c]), 6),
+            )
+            for c in range(C)
+            if counts[c] > 0
+        ]
+        if pred_np.shape != (H, W):
+            pred_np = np.asarray(Image.fromarray(pred_np).resize((W, H), Image.NEAREST))
+        return pred_np, stats
+
+    def _explanation(self, target, method: Method, heat: np.ndarray, labels: np.ndarray) -> Explanation:
+        c = target.class_id
+        base = dict(
+            class_id=c,
+            class_label=self.labels[c] if c is not None else None,
+            method=method,
+            target_layer=self.model.target_layer_name,
+        )
+        if target.empty:
+            reason = (
+                "no non-background class was predicted"
+                if c is None
+                else f"class '{self.labels[c]}' is not present in the prediction"
+            )
+            return Explanation(**base, empty=True, reason=reason)
+        y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        total = float(heat.sum())
+        inside = float(heat[labels == c].sum())
+        return Explanation(
+            **base,
+            empty=False,
+            peak=Peak(x=int(x), y=int(y)),
+            energy_in_mask=round(inside / total, 6) if total > 0 else 0.0,
+        )

@@ -1,0 +1,60 @@
+"""Per-process worker state, built in the pool child after the fork.
+
+The model and everything that may touch CUDA is created here, in the child that runs
+jobs, never in the Celery parent: CUDA state does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from shared.artifacts import ArtifactStore
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.model_store import ModelStore
+from shared.redis_conn import get_redis
+from shared.settings import Settings, get_settings
+from worker.device import resolve_device
+from worker.loader import ModelCache
+from worker.runner import JobRunner
+
+log = logging.getLogger("segcam.worker")
+
+_runner: JobRunner | None = None
+
+
+def served_models(settings: Settings, store: ModelStore) -> list[str]:
+    return settings.served_models or store.names()
+
+
+def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
+    """Build the runner and warm the models this worker serves (their default versions)."""
+    global _runner
+    settings = settings or get_settings()
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    device = torch.device(resolve_device(settings.device))
+    client = get_redis(settings)
+    keys = Keys(settings.key_prefix)
+    store = ModelStore(settings.model_dir)
+    cache = ModelCache(store, device, capacity=settings.model_cache_size)
+    for name in served_models(settings, store):
+        manifest = store.resolve(name)
+        cache.get(manifest)
+        log.info("loaded %s on %s", manifest.ref, device)
+    _runner = JobRunner(
+        jobs=JobStore(client, keys, settings.job_ttl_s, settings.upload_ttl_s),
+        artifacts=ArtifactStore(client, keys, settings.artifact_ttl_s),
+        store=store,
+        cache=cache,
+        worker=worker_name,
+    )
+    return _runner
+
+
+def runner() -> JobRunner:
+    if _runner is None:  # e.g. the solo pool, where worker_process_init has not fired yet
+        return init("worker")
+    return _runner

@@ -1,0 +1,52 @@
+"""Worker lifecycle: models load in the pool child; the heartbeat runs in the parent.
+
+``worker_process_init`` fires in the child after the fork, the only safe place to touch
+CUDA and load weights; ``worker_proc_alive_timeout`` is raised above the load time so
+Celery does not kill a child that is still loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from celery import signals
+
+from shared.keys import Keys
+from shared.model_store import ModelStore
+from shared.presence import Heartbeat
+from shared.redis_conn import get_redis
+from shared.settings import get_settings
+from worker import runtime
+
+log = logging.getLogger("segcam.worker")
+_heartbeat: Heartbeat | None = None
+
+
+@signals.worker_process_init.connect
+def _load_models(**_kwargs) -> None:
+    name = os.environ.get("SEGCAM_WORKER_NAME", f"worker-{os.getpid()}")
+    runtime.init(name)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender=None, **_kwargs) -> None:
+    global _heartbeat
+    settings = get_settings()
+    hostname = getattr(sender, "hostname", None) or os.environ.get("SEGCAM_WORKER_NAME", "worker")
+    payload = {
+        "device": settings.device,
+        "models": runtime.served_models(settings, ModelStore(settings.model_dir)),
+        "pid": os.getpid(),
+        "started_at": time.time(),
+    }
+    keys = Keys(settings.key_prefix)
+    _heartbeat = Heartbeat(get_redis(settings), keys, hostname, payload, settings.worker_heartbeat_s)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

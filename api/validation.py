@@ -25,8 +25,8 @@ def resolve_model(svc: Services, ref: str | None) -> ModelManifest:
         raise ApiError(422, "unknown_model", f"{e}; available models: {known}") from None
 
 
-def resolve_method(value: str | None) -> Method:
-    value = (value or "").strip().lower() or Method.gradcam.value
+def resolve_method(value: str | None, default: str = Method.gradcam.value) -> Method:
+    value = (value or "").strip().lower() or default
     try:
         return Method(value)
     except ValueError:
@@ -44,7 +44,7 @@ def resolve_class(manifest: ModelManifest, value: str | None) -> int | None:
 
 def build_spec(svc: Services, data: bytes, model: str | None, target_class: str | None, method: str | None) -> JobSpec:
     s = svc.settings
-    m = resolve_method(method)
+    m = resolve_method(method, s.default_method)
     manifest = resolve_model(svc, model)
     class_id = resolve_class(manifest, target_class)
     if len(data) > s.max_upload_bytes:

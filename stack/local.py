@@ -7,6 +7,7 @@ demo``, the integration tests and the benchmarks.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -124,7 +125,9 @@ class LocalStack:
         self.env.setdefault("SEGCAM_CPU_WORKERS", str(self.workers))
         self.spawn("api", API_CMD, {"SEGCAM_API_PORT": str(self.api_port), "SEGCAM_API_HOST": "127.0.0.1"})
         self.spawn("workers", WORKER_CMD)
-        if self.flower_port:
+        if self.flower_port and importlib.util.find_spec("flower") is None:
+            print("segcam: flower is not installed (pip install -e '.[flower]'); skipping it", flush=True)
+        elif self.flower_port:
             self.spawn("flower", [*FLOWER_CMD, f"--port={self.flower_port}", "--address=127.0.0.1"])
         self.wait_ready(timeout_s)
         return self

@@ -54,7 +54,7 @@ def evaluate(model: torch.nn.Module, n: int, size: int) -> np.ndarray:
     return conf
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("models/store/shapes/1"))
     ap.add_argument("--steps", type=int, default=1400)
@@ -65,7 +65,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-images", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    return ap
+
+
+def training_seeds(seed: int, steps: int, batch_size: int) -> range:
+    """Scene seeds used for training; held-out scenes start at HELD_OUT_SEED_BASE, far above."""
+    first = seed * 1_000_000
+    return range(first, first + steps * batch_size)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -75,8 +85,8 @@ def main() -> None:
     started = time.time()
     for step in range(args.steps):
         model.train()
-        first = args.seed * 1_000_000 + step * args.batch_size
-        x, y = batch(range(first, first + args.batch_size), args.size)
+        seeds = training_seeds(args.seed, args.steps, args.batch_size)
+        x, y = batch(seeds[step * args.batch_size : (step + 1) * args.batch_size], args.size)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

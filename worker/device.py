@@ -16,7 +16,7 @@ class DeviceUnavailable(RuntimeError):
     pass
 
 
-def cuda_count() -> int:
+def count_cuda_devices() -> int:
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
@@ -30,7 +30,7 @@ def resolve_device(setting: str, cuda_count: int | None = None) -> str:
     setting = setting.strip().lower()
     if setting == "cpu":
         return "cpu"
-    count = cuda_count() if cuda_count is None else cuda_count
+    count = count_cuda_devices() if cuda_count is None else cuda_count
     if setting == "auto":
         return "cuda:0" if count > 0 else "cpu"
     m = re.fullmatch(r"cuda(?::(\d+))?", setting)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from shared.settings import get_settings
-from worker.device import DeviceUnavailable, cuda_count, resolve_device
+from worker.device import DeviceUnavailable, count_cuda_devices, resolve_device
 
 CONFIG_ERROR = 2
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         slots = plan(
             settings.device,
             args.cpu_workers or settings.cpu_workers,
-            cuda_count() if settings.device != "cpu" else 0,
+            count_cuda_devices() if settings.device != "cpu" else 0,
             socket.gethostname(),
             os.cpu_count() or 1,
         )

@@ -6,18 +6,22 @@ jobs, never in the Celery parent: CUDA state does not survive a fork.
 
 from __future__ import annotations
 
+import io
 import logging
 
 import torch
+from PIL import Image
 
 from shared.artifacts import ArtifactStore
 from shared.jobs import JobStore
 from shared.keys import Keys
 from shared.model_store import ModelStore
 from shared.redis_conn import get_redis
+from shared.schemas import Method
 from shared.settings import Settings, get_settings
 from worker.device import resolve_device
-from worker.loader import ModelCache
+from worker.loader import LoadedModel, ModelCache
+from worker.pipeline import Item, Pipeline
 from worker.runner import JobRunner
 
 log = logging.getLogger("segcam.worker")
@@ -27,6 +31,14 @@ _runner: JobRunner | None = None
 
 def served_models(settings: Settings, store: ModelStore) -> list[str]:
     return settings.served_models or store.names()
+
+
+def warm_up(model: LoadedModel) -> None:
+    """One throwaway job, so the first real job does not pay for lazy initialisation."""
+    h, w = model.manifest.input_size
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (128, 128, 128)).save(buf, "PNG")
+    Pipeline(model).run([Item("warm-up", buf.getvalue())], Method.gradcam)
 
 
 def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
@@ -42,7 +54,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
     cache = ModelCache(store, device, capacity=settings.model_cache_size)
     for name in served_models(settings, store):
         manifest = store.resolve(name)
-        cache.get(manifest)
+        warm_up(cache.get(manifest))
         log.info("loaded %s on %s", manifest.ref, device)
     _runner = JobRunner(
         jobs=JobStore(client, keys, settings.job_ttl_s, settings.upload_ttl_s),

@@ -1,0 +1,134 @@
+"""The whole path for real: HTTP gateway -> Redis queue -> Celery worker process -> artifacts."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from client.http import SegcamClient
+from shared.keys import Keys
+from tests.conftest import ROOT
+from training.shapes import make_scene
+
+pytestmark = pytest.mark.integration
+
+
+def scene_png(seed: int, size: tuple[int, int]) -> bytes:
+    img = make_scene(30_000_000 + seed, size=128).image.resize(size)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_twenty_concurrent_jobs_all_succeed_with_valid_artifacts(stack):
+    sizes = [(64 + 16 * i, 48 + 8 * i) for i in range(20)]
+    methods = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"]
+    with SegcamClient(stack.url) as client:
+        t0 = time.perf_counter()
+
+        def submit(i: int) -> tuple[dict, float]:
+            started = time.perf_counter()
+            acc = client.submit(scene_png(i, sizes[i]), method=methods[i % len(methods)])
+            return acc, time.perf_counter() - started
+
+        with ThreadPoolExecutor(20) as pool:
+            accepted = list(pool.map(submit, range(20)))
+        assert all(a["status"] == "queued" for a, _ in accepted)
+        assert max(dt for _, dt in accepted) < 5.0, "submission must not wait for the workers"
+        jobs = [client.wait(a["id"], timeout=240) for a, _ in accepted]
+        assert [j["status"] for j in jobs] == ["succeeded"] * 20, [j.get("error") for j in jobs]
+        assert time.perf_counter() - t0 < 240
+
+        for i, job in enumerate(jobs):
+            w, h = sizes[i]
+            res = job["result"]
+            assert res["image"] == {"width": w, "height": h}
+            assert res["model"]["name"] == "shapes" and len(res["model"]["sha256"]) == 64
+            assert job["started_at"] >= job["created_at"] and job["finished_at"] >= job["started_at"]
+            assert res["explanation"]["method"] == methods[i % len(methods)]
+            assert abs(sum(c["pixel_fraction"] for c in res["classes"]) - 1.0) < 1e-3
+            t = res["timings_ms"]
+            assert all(t[k] >= 0 for k in ("queue_wait_ms", "preprocess_ms", "inference_ms", "cam_ms", "encode_ms"))
+            imgs = {n: Image.open(io.BytesIO(client.download(job["id"], n))) for n in ("mask", "heatmap", "overlay")}
+            assert all(im.format == "PNG" and im.size == (w, h) for im in imgs.values())
+            assert (imgs["mask"].mode, imgs["heatmap"].mode, imgs["overlay"].mode) == ("P", "L", "RGB")
+            labels = np.asarray(imgs["mask"])
+            assert labels.max() < 4
+            present = {c["id"] for c in res["classes"]}
+            assert set(np.unique(labels).tolist()) == present
+            ex = res["explanation"]
+            if not ex["empty"]:
+                heat = np.asarray(imgs["heatmap"])
+                assert heat[ex["peak"]["y"], ex["peak"]["x"]] >= heat.max() - 1
+
+
+def test_unknown_job_is_404(stack):
+    r = httpx.get(f"{stack.url}/v1/jobs/{'f' * 32}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+
+
+def test_non_image_upload_is_refused_and_nothing_is_queued(stack, redis_url, stack_prefix):
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(stack_prefix)
+    before = client.get(keys.sequence())
+    r = httpx.post(f"{stack.url}/v1/jobs", files={"image": ("photo.png", b"%PDF-1.4 not an image")})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "not_an_image"
+    assert client.get(keys.sequence()) == before  # no job was created
+    assert client.llen(keys.celery_queue("shapes")) == 0
+
+
+def test_readiness_and_models_see_the_live_worker(stack):
+    ready = httpx.get(f"{stack.url}/readyz").json()
+    assert ready["status"] == "ready" and ready["workers"] == [w for w in ready["workers"] if w.startswith("cpu0@")]
+    shapes = next(m for m in httpx.get(f"{stack.url}/v1/models").json()["models"] if m["name"] == "shapes")
+    assert shapes["workers"] and shapes["workers"][0].startswith("cpu0@")
+
+
+def test_flower_shows_the_worker_and_its_jobs(stack):
+    base = f"http://127.0.0.1:{stack.flower_port}"
+    deadline = time.monotonic() + 60
+    workers, tasks = {}, {}
+    while time.monotonic() < deadline:
+        try:
+            workers = httpx.get(f"{base}/api/workers", params={"refresh": "1"}, timeout=10).json()
+            tasks = httpx.get(f"{base}/api/tasks", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
+            pass
+        if any(name.startswith("cpu0@") for name in workers) and tasks:
+            break
+        time.sleep(1)
+    assert any(name.startswith("cpu0@") for name in workers), workers
+    assert any(t.get("name") == "segcam.segment" for t in tasks.values()), list(tasks.values())[:2]
+
+
+@pytest.mark.parametrize("module", ["worker", "worker.launch"])
+def test_worker_told_to_use_cuda_on_a_gpu_less_machine_refuses_to_start(module, redis_url):
+    env = {**os.environ, "SEGCAM_DEVICE": "cuda", "SEGCAM_REDIS_URL": redis_url, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Refusing to fall back to the CPU" in out.stderr
+    assert "ready" not in out.stdout + out.stderr.replace("refusing", "")
+
+
+def test_demo_command_runs_real_jobs_and_writes_results(stack, tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "client.cli", "demo", "--url", stack.url, "--out", str(out), "--images", "4"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(job_dirs) == 4
+    for d in job_dirs:
+        for name in ("input", "mask", "heatmap", "overlay"):
+            assert Image.open(d / f"{name}.png").size == Image.open(d / "input.png").size
+    assert "4 jobs" in (out / "summary.md").read_text()
+    assert (out / "contact_sheet.png").exists()

@@ -1,0 +1,151 @@
+"""The gateway on its own (real Redis, no worker): contract, validation, nothing queued on refusal."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.main import create_app
+from shared.keys import Keys
+from tests.conftest import ROOT
+
+
+def png(w=64, h=48, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), 90).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def queue_len(rclient, settings) -> int:
+    return rclient.llen(Keys(settings.key_prefix).celery_queue("shapes"))
+
+
+def test_submit_answers_202_with_id_location_and_position(client, rclient, settings):
+    r = client.post("/v1/jobs", files={"image": ("x.png", png())})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{body['id']}" == body["url"]
+    assert body["status"] == "queued" and body["position"] == 0
+    assert queue_len(rclient, settings) == 1
+    msg = json.loads(rclient.lindex(Keys(settings.key_prefix).celery_queue("shapes"), 0))
+    assert msg["headers"]["task"] == "segcam.segment" and msg["content-type"] == "application/json"
+    assert len(msg["body"]) < 1000  # only the job ID travels; the image stays in its own key
+
+    job = client.get(body["url"]).json()
+    assert job["status"] == "queued" and job["position"] == 0 and job["model"] == "shapes"
+    assert job["model_version"] == "1" and job["method"] == "gradcam" and job["target_class"] is None
+    second = client.post("/v1/jobs", files={"image": ("y.png", png())}).json()
+    assert second["position"] == 1
+
+
+def test_class_given_by_label_is_resolved_to_its_index(client):
+    r = client.post(
+        "/v1/jobs", files={"image": ("x.png", png())}, data={"target_class": "square", "method": "hirescam"}
+    )
+    job = client.get(r.json()["url"]).json()
+    assert job["target_class"] == 2 and job["method"] == "hirescam"
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "code"),
+    [
+        ({"image": ("a.png", b"just some text")}, {}, 415, "not_an_image"),
+        ({"image": ("a.png", b"")}, {}, 400, "empty_image"),
+        ({"image": ("a.png", png())}, {"model": "nope"}, 422, "unknown_model"),
+        ({"image": ("a.png", png())}, {"model": "../etc"}, 422, "unknown_model"),
+        ({"image": ("a.png", png())}, {"target_class": "dog"}, 422, "unknown_class"),
+        ({"image": ("a.png", png())}, {"target_class": "9"}, 422, "unknown_class"),
+        ({"image": ("a.png", png())}, {"method": "scorecam"}, 422, "unknown_method"),
+        ({"file": ("a.png", png())}, {}, 422, "invalid_request"),
+    ],
+)
+def test_bad_submissions_get_a_4xx_json_error_and_nothing_is_queued(
+    client, rclient, settings, files, data, status, code
+):
+    r = client.post("/v1/jobs", files=files, data=data)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+    assert queue_len(rclient, settings) == 0
+    assert not list(rclient.scan_iter(match=f"{settings.key_prefix}:job:*"))
+
+
+def test_image_over_the_pixel_cap_is_413(settings):
+    small = settings.model_copy(update={"max_pixels": 1000})
+    with TestClient(create_app(small)) as c:
+        r = c.post("/v1/jobs", files={"image": ("a.png", png(100, 100))})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+
+
+def test_unknown_job_is_404_not_pending(client):
+    for jid in ("0" * 32, "not-a-job", "A" * 32):
+        r = client.get(f"/v1/jobs/{jid}")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+    r = client.get("/v1/jobs/../../x")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_artifact_of_a_queued_job_is_409_and_unknown_artifact_404(client):
+    url = client.post("/v1/jobs", files={"image": ("x.png", png())}).json()["url"]
+    r = client.get(f"{url}/artifacts/mask")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready"
+    assert client.get(f"{url}/artifacts/weights").status_code == 404
+
+
+def test_models_lists_labels_and_methods(client):
+    body = client.get("/v1/models").json()
+    assert body["default"] == "shapes"
+    shapes = next(m for m in body["models"] if m["name"] == "shapes")
+    assert shapes["labels"] == ["background", "circle", "square", "triangle"]
+    assert "eigencam" in body["methods"] and shapes["workers"] == []
+
+
+def test_health_and_readiness_without_workers(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["redis"] is True and r.json()["workers"] == []
+
+
+def test_openapi_documents_every_route_and_the_error_shape(client):
+    spec = client.get("/openapi.json").json()
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in spec["paths"]
+    assert "ErrorResponse" in spec["components"]["schemas"]
+    assert "422" in spec["paths"]["/v1/jobs"]["post"]["responses"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.delete("/v1/models")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_gateway_never_imports_torch_gradcam_or_the_worker():
+    code = (
+        "import sys, api.main, api.__main__; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'pytorch_grad_cam', 'worker', 'cv2', 'sklearn')); print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

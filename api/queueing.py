@@ -24,7 +24,7 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes) -> tuple[str, int]:
     queue = svc.keys.celery_queue(spec.model)
     position = svc.jobs.create(job_id, spec, queue, data)
     try:
-        svc.celery.send_task(TASK_SEGMENT, args=[job_id], task_id=job_id, queue=queue)
+        svc.celery.send_task(TASK_SEGMENT, kwargs={"model": spec.model, "job_id": job_id}, task_id=job_id, queue=queue)
     except Exception as e:  # kombu raises OperationalError and friends when the broker is down
         log.warning("could not queue job %s: %s", job_id, e)
         try:

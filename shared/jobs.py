@@ -1,9 +1,20 @@
-"""Job records in Redis: created by the gateway, moved along by the worker.
+"""Job records and the queue order in Redis: created by the gateway, claimed and finished by workers.
 
-Celery reports ``PENDING`` for any ID it has never seen, so segcam keeps its own record
-per job. State changes are Lua scripts so that a redelivered or duplicated execution can
-never overwrite a final state: a job ends ``succeeded`` exactly once in its record, however
-many times a crash makes it run.
+Celery reports ``PENDING`` for any ID it has never seen, so segcam keeps its own record per
+job, and its own queue order: a sorted set per model, scored by priority band then submit
+sequence. ``ZRANK`` there is a job's queue position.
+
+Each Celery message is a *token*: one is sent per submitted job, and the task that receives
+it claims the next job(s) of its model's queue, in queue order (several at once when they
+can share one batched forward pass). The claims are recorded under the token, and the
+message is acknowledged only after the claimed jobs are final, so a worker that dies
+mid-job loses nothing: the message comes back (requeued by Celery, or after Redis's
+visibility timeout) and its task takes back the unfinished jobs. Tokens never run short:
+one per job, and a token that claims k jobs leaves k-1 spare tokens behind.
+
+State changes are Lua scripts, so a redelivered or duplicated execution can never
+overwrite a final state: a job ends ``succeeded`` exactly once in its record, however many
+times a crash makes it run.
 """
 
 from __future__ import annotations
@@ -29,15 +40,47 @@ redis.call('ZADD', KEYS[2], tonumber(ARGV[5]) * 1e12 + seq, ARGV[1])
 return redis.call('ZRANK', KEYS[2], ARGV[1])
 """
 
-# KEYS: job, queued zset. ARGV: job id, now, worker name.
-# Returns the delivery count, or the final status when there is nothing to run.
-_START = f"""
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
-if {_FINAL_LUA} then return st end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
-return redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+# Take the next jobs of a queue, in queue order: the head job, then up to max-1 more with
+# the same method among the next `window` (a batch shares one CAM call).
+# KEYS: queued zset, claims set of the token. ARGV: job key prefix, now, worker, token,
+# max, window, claims ttl. Returns the claimed job IDs.
+_CLAIM = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
+local claimed = {}
+local method = false
+for _, id in ipairs(ids) do
+  if #claimed >= tonumber(ARGV[5]) then break end
+  local jk = ARGV[1] .. id
+  local rec = redis.call('HMGET', jk, 'status', 'method')
+  if rec[1] ~= 'queued' then
+    redis.call('ZREM', KEYS[1], id)  -- expired, cancelled or final: not part of the order
+  elseif not method or rec[2] == method then
+    method = rec[2]
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'token', ARGV[4])
+    redis.call('HINCRBY', jk, 'deliveries', 1)
+    redis.call('SADD', KEYS[2], id)
+    table.insert(claimed, id)
+  end
+end
+if #claimed > 0 then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
+return claimed
+"""
+
+# A redelivered token takes back the jobs its earlier, interrupted run claimed but never finished.
+# KEYS: claims set. ARGV: job key prefix, now, worker. Returns those job IDs.
+_RECLAIM = f"""
+local out = {{}}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local jk = ARGV[1] .. id
+  local st = redis.call('HGET', jk, 'status')
+  if st and not ({_FINAL_LUA}) then
+    redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
+    redis.call('HINCRBY', jk, 'deliveries', 1)
+    table.insert(out, id)
+  end
+end
+return out
 """
 
 # KEYS: job, queued zset, upload. ARGV: job id, status, now, ttl, field, value.
@@ -63,6 +106,7 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     worker: str | None = None
+    token: str | None = None  # the Celery task that claimed it
     deliveries: int = 0
     error: ErrorInfo | None = None
     result: JobResult | None = None
@@ -84,6 +128,7 @@ class JobRecord:
             started_at=num("started_at"),
             finished_at=num("finished_at"),
             worker=s.get("worker") or None,
+            token=s.get("token") or None,
             deliveries=int(s.get("deliveries", 0)),
             error=ErrorInfo.model_validate_json(s["error"]) if s.get("error") else None,
             result=JobResult.model_validate_json(s["result"]) if s.get("result") else None,
@@ -91,13 +136,17 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, keys: Keys, job_ttl_s: int, upload_ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, job_ttl_s: int, upload_ttl_s: int, claims_ttl_s: int = 7200
+    ) -> None:
         self.r = client
+        self.claims_ttl_s = claims_ttl_s
         self.keys = keys
         self.job_ttl_s = job_ttl_s
         self.upload_ttl_s = upload_ttl_s
         self._create = client.register_script(_CREATE)
-        self._start = client.register_script(_START)
+        self._claim = client.register_script(_CLAIM)
+        self._reclaim = client.register_script(_RECLAIM)
         self._finish = client.register_script(_FINISH)
 
     def create(self, job_id: str, spec: JobSpec, queue: str, upload: bytes, priority_band: int = 0) -> int:
@@ -106,6 +155,7 @@ class JobStore:
             "id": job_id,
             "status": JobStatus.queued.value,
             "spec": spec.model_dump_json(),
+            "method": spec.method.value,
             "queue": queue,
             "created_at": repr(time.time()),
             "deliveries": 0,
@@ -129,12 +179,39 @@ class JobStore:
             rec.position = int(rank) if rank is not None else None
         return rec
 
-    def start(self, job_id: str, queue: str, worker: str) -> int | str:
-        """Mark running. Returns the delivery count, or why the job must not run."""
-        out = self._start(
-            keys=[self.keys.job(job_id), self.keys.queued(queue)], args=[job_id, repr(time.time()), worker]
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for j in job_ids:
+            pipe.hgetall(self.keys.job(j))
+        return [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
+
+    def claim(self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64) -> list[str]:
+        """Claim the next jobs of ``queue`` for the task ``token``; see _CLAIM."""
+        out = self._claim(
+            keys=[self.keys.queued(queue), self.keys.claims(token)],
+            args=[
+                self.keys.job(""),
+                repr(time.time()),
+                worker,
+                token,
+                max_jobs,
+                max(window, max_jobs),
+                self.claims_ttl_s,
+            ],
         )
-        return out.decode() if isinstance(out, bytes) else int(out)
+        return [x.decode() for x in out]
+
+    def reclaim(self, token: str, worker: str) -> list[str]:
+        """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""
+        out = self._reclaim(keys=[self.keys.claims(token)], args=[self.keys.job(""), repr(time.time()), worker])
+        return [x.decode() for x in out]
+
+    def claimed(self, token: str) -> list[str]:
+        return [x.decode() for x in self.r.smembers(self.keys.claims(token))]
+
+    def release(self, token: str) -> None:
+        """The token's run is over and every job it claimed is final: forget the claims."""
+        self.r.delete(self.keys.claims(token))
 
     def succeed(self, job_id: str, queue: str, result: JobResult) -> bool:
         return self._finalize(job_id, queue, JobStatus.succeeded, "result", result.model_dump_json())

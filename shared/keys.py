@@ -30,6 +30,10 @@ class Keys:
         """Sorted set: queued job IDs by enqueue order; ZRANK is the queue position."""
         return f"{self.prefix}:queued:{queue}"
 
+    def claims(self, token: str) -> str:
+        """Set: the jobs one Celery task (a token) has claimed and not yet released."""
+        return f"{self.prefix}:claims:{token}"
+
     def sequence(self) -> str:
         """Counter: a global enqueue sequence, the score in ``queued``."""
         return f"{self.prefix}:seq"

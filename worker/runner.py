@@ -1,9 +1,12 @@
 """A job's life on the worker: claim it, run the pipeline, store artifacts, record the outcome.
 
+The Celery task hands the runner a token (see ``shared/jobs.py``); the runner claims the
+next jobs of the token's queue, as a batch when several can share one forward pass, or
+takes back what an interrupted earlier run of the same token left unfinished (those run one
+at a time, so a job that kills its worker takes down only itself).
+
 Every failure a job can meet ends in a ``failed`` record with a code and a message; the
-runner itself never raises for a bad job, so one bad job cannot take the worker down.
-Jobs that reached a final state before (a redelivery after a crash, a cancellation) are
-skipped, so a result is recorded at most once.
+runner never raises for a bad job, so one bad job cannot take the worker down.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.artifacts import ArtifactStore
 from shared.jobs import JobRecord, JobStore
-from shared.model_store import ModelNotFound, ModelStore
+from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Timings
 from worker.loader import ModelCache, ModelLoadError
 from worker.pipeline import Item, ItemResult, Pipeline
@@ -33,69 +37,106 @@ class JobFailure(Exception):
 
 class JobRunner:
     def __init__(
-        self, jobs: JobStore, artifacts: ArtifactStore, store: ModelStore, cache: ModelCache, worker: str
+        self,
+        jobs: JobStore,
+        artifacts: ArtifactStore,
+        store: ModelStore,
+        cache: ModelCache,
+        worker: str,
+        max_batch_size: int = 1,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
         self.store = store
         self.cache = cache
         self.worker = worker
+        self.max_batch_size = max(1, max_batch_size)
 
-    def run(self, job_id: str) -> str:
-        """Run one job to a final state; returns the status it ended in (or why it did not run)."""
-        record = self.jobs.get(job_id)
-        if record is None:
-            log.warning("job %s has no record (expired or never created); dropping it", job_id)
-            return "missing"
-        claimed = self.jobs.start(job_id, record.queue, self.worker)
-        if isinstance(claimed, str):
-            log.info("job %s is already %s; not running it again", job_id, claimed)
-            return claimed
+    def run_token(self, token: str, queue: str) -> dict[str, str]:
+        """Run what the Celery task ``token`` is owed; returns job ID -> final status."""
+        outcome: dict[str, str] = {}
+        recovered = self.jobs.reclaim(token, self.worker)
+        if recovered:
+            log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(recovered))
+            for job_id in recovered:
+                outcome.update(self.run_batch([job_id]))
+        else:
+            claimed = self.jobs.claim(queue, token, self.worker, self.max_batch_size)
+            if claimed:
+                outcome.update(self.run_batch(claimed))
+        self.jobs.release(token)
+        return outcome
+
+    def run_batch(self, job_ids: list[str]) -> dict[str, str]:
         started = time.time()
-        try:
-            outcome = self._execute(record)
-        except JobFailure as f:
-            return self._fail(record, f.code, f.message)
-        except SoftTimeLimitExceeded:
-            return self._fail(record, "timeout", "the job ran past its time limit")
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            return self._fail(record, "out_of_memory", "the device ran out of memory running this job")
-        except Exception as e:  # a bug or an unforeseen input: fail the job, keep the worker
-            log.exception("job %s failed unexpectedly", job_id)
-            return self._fail(record, "internal_error", f"{type(e).__name__}: {e}"[:500])
-        res, model = outcome
-        self.artifacts.put(job_id, res.artifacts)
-        result = JobResult(
-            model=ModelRef(name=model.name, version=model.version, sha256=model.sha256),
-            image=ImageSize(width=res.width, height=res.height),
-            classes=res.classes,
-            explanation=res.explanation,
-            timings_ms=Timings(
-                queue_wait_ms=round((started - record.created_at) * 1000, 3),
-                total_ms=round(sum(res.timings_ms.values()), 3),
-                **{k: round(v, 3) for k, v in res.timings_ms.items()},
-            ),
-        )
-        if not self.jobs.succeed(job_id, record.queue, result):
-            log.info("job %s reached a final state elsewhere; this result is dropped", job_id)
-            return "duplicate"
-        return "succeeded"
+        outcome: dict[str, str] = {}
+        runnable: list[tuple[JobRecord, bytes]] = []
+        for job_id, rec in zip(job_ids, self.jobs.get_many(job_ids), strict=True):
+            if rec is None:
+                log.warning("job %s has no record (expired); dropping it", job_id)
+                outcome[job_id] = "missing"
+                continue
+            data = self.artifacts.get_upload(job_id)
+            if data is None:
+                outcome[job_id] = self._fail(rec, "upload_missing", "the uploaded image expired before the job ran")
+                continue
+            runnable.append((rec, data))
 
-    def _execute(self, record: JobRecord) -> tuple[ItemResult, object]:
-        spec = record.spec
-        data = self.artifacts.get_upload(record.id)
-        if data is None:
-            raise JobFailure("upload_missing", "the uploaded image expired before the job ran")
+        def group_key(pair: tuple[JobRecord, bytes]) -> tuple[str, str, str]:
+            spec = pair[0].spec
+            return spec.model, spec.model_version, spec.method.value
+
+        for _key, group in groupby(sorted(runnable, key=group_key), key=group_key):
+            outcome.update(self._run_group(list(group), started))
+        return outcome
+
+    def _run_group(self, group: list[tuple[JobRecord, bytes]], started: float) -> dict[str, str]:
+        spec = group[0][0].spec
         try:
             manifest = self.store.manifest(spec.model, spec.model_version)
             model = self.cache.get(manifest)
         except (ModelNotFound, ModelLoadError, ValueError) as e:
-            raise JobFailure("model_unavailable", str(e)) from None
-        results = Pipeline(model).run([Item(record.id, data, spec.target_class)], spec.method)
-        return results[0], manifest
+            return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}
+        items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
+        try:
+            results = Pipeline(model).run(items, spec.method)
+        except SoftTimeLimitExceeded:
+            return {rec.id: self._fail(rec, "timeout", "the job ran past its time limit") for rec, _ in group}
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(group) > 1:  # maybe only the batch was too big: try each job alone
+                return {k: v for pair in group for k, v in self._run_group([pair], started).items()}
+            return {group[0][0].id: self._fail(group[0][0], "out_of_memory", "the device ran out of memory")}
+        except Exception as e:  # a bug or an unforeseen input: fail the job, keep the worker
+            if len(group) > 1:  # find the one job that breaks the batch; the others still succeed
+                return {k: v for pair in group for k, v in self._run_group([pair], started).items()}
+            log.exception("job %s failed unexpectedly", group[0][0].id)
+            return {group[0][0].id: self._fail(group[0][0], "internal_error", f"{type(e).__name__}: {e}"[:500])}
+        return {
+            rec.id: self._succeed(rec, res, manifest, started, len(group))
+            for (rec, _), res in zip(group, results, strict=True)
+        }
 
-    def _fail(self, record: JobRecord, code: str, message: str) -> str:
-        log.warning("job %s failed: %s: %s", record.id, code, message)
-        self.jobs.fail(record.id, record.queue, code, message)
+    def _succeed(self, rec: JobRecord, res: ItemResult, manifest: ModelManifest, started: float, batch: int) -> str:
+        self.artifacts.put(rec.id, res.artifacts)
+        result = JobResult(
+            model=ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256),
+            image=ImageSize(width=res.width, height=res.height),
+            classes=res.classes,
+            explanation=res.explanation,
+            timings_ms=Timings(
+                queue_wait_ms=round(max(0.0, started - rec.created_at) * 1000, 3),
+                total_ms=round(sum(res.timings_ms.values()), 3),
+                **{k: round(v, 3) for k, v in res.timings_ms.items()},
+            ),
+            batch_size=batch,
+        )
+        if not self.jobs.succeed(rec.id, rec.queue, result):
+            log.info("job %s reached a final state elsewhere; this result is dropped", rec.id)
+            return "duplicate"
+        return "succeeded"
+
+    def _fail(self, rec: JobRecord, code: str, message: str) -> str:
+        log.warning("job %s failed: %s: %s", rec.id, code, message)
+        self.jobs.fail(rec.id, rec.queue, code, message)
         return "failed"

@@ -57,13 +57,29 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         warm_up(cache.get(manifest))
         log.info("loaded %s on %s", manifest.ref, device)
     _runner = JobRunner(
-        jobs=JobStore(client, keys, settings.job_ttl_s, settings.upload_ttl_s),
+        jobs=job_store(settings),
         artifacts=ArtifactStore(client, keys, settings.artifact_ttl_s),
         store=store,
         cache=cache,
         worker=worker_name,
+        max_batch_size=settings.max_batch_size,
     )
     return _runner
+
+
+def job_store(settings: Settings | None = None) -> JobStore:
+    settings = settings or get_settings()
+    return JobStore(
+        get_redis(settings),
+        Keys(settings.key_prefix),
+        settings.job_ttl_s,
+        settings.upload_ttl_s,
+        claims_ttl_s=2 * settings.visibility_timeout_s,
+    )
+
+
+def queue_for(model: str) -> str:
+    return Keys(get_settings().key_prefix).celery_queue(model)
 
 
 def runner() -> JobRunner:

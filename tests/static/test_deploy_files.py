@@ -86,3 +86,14 @@ def test_api_image_holds_no_torch_and_no_worker_code():
     installs = " ".join(ln for ln in text.splitlines() if "pip install" in ln)
     assert "[worker]" not in installs and "torch" not in installs and "[flower]" in installs
     assert "[worker]" in (ROOT / "Dockerfile.worker").read_text()
+
+
+def test_gateway_installs_without_torch_and_the_worker_extra_pins_it():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"]).lower()
+    assert "torch" not in base and "grad-cam" not in base
+    worker = project["optional-dependencies"]["worker"]
+    assert "torch==2.14.1" in worker and "torchvision==0.29.1" in worker
+    assert any(d.startswith("grad-cam") for d in worker)

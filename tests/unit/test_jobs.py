@@ -15,6 +15,7 @@ from shared.schemas import (
     JobResult,
     JobSpec,
     JobStatus,
+    Method,
     ModelRef,
     Timings,
 )
@@ -39,35 +40,63 @@ def test_positions_follow_submit_order_and_count_down(store):
     ids = [f"{i:032x}" for i in range(5)]
     assert [store.create(j, SPEC, "q", b"img") for j in ids] == [0, 1, 2, 3, 4]
     assert store.get(ids[3]).position == 3
-    assert store.start(ids[0], "q", "w1") == 1
+    assert store.claim("q", "tok1", "w1") == [ids[0]]
     assert store.get(ids[3]).position == 2
-    assert store.get(ids[0]).status is JobStatus.running and store.get(ids[0]).position is None
+    rec = store.get(ids[0])
+    assert rec.status is JobStatus.running and rec.position is None and rec.worker == "w1" and rec.token == "tok1"
+
+
+def test_priority_band_goes_before_older_jobs_of_lower_bands(store):
+    store.create("1" * 32, SPEC, "q", b"i", priority_band=1)
+    store.create("2" * 32, SPEC, "q", b"i", priority_band=1)
+    store.create("3" * 32, SPEC, "q", b"i", priority_band=0)
+    assert store.get("3" * 32).position == 0 and store.get("1" * 32).position == 1
+    assert store.claim("q", "t", "w", max_jobs=3) == ["3" * 32, "1" * 32, "2" * 32]
+
+
+def test_a_batch_claim_takes_only_jobs_that_share_the_head_method(store):
+    hires = SPEC.model_copy(update={"method": Method.hirescam})
+    for i, spec in enumerate([SPEC, hires, SPEC, SPEC]):
+        store.create(f"{i:032x}", spec, "q", b"img")
+    assert store.claim("q", "t1", "w", max_jobs=8) == [f"{i:032x}" for i in (0, 2, 3)]
+    assert store.claim("q", "t2", "w", max_jobs=8) == [f"{1:032x}"]
+    assert store.claim("q", "t3", "w", max_jobs=8) == []  # a spare token finds nothing to do
 
 
 def test_a_final_state_is_recorded_once(store, rclient, prefix):
     jid = "a" * 32
     store.create(jid, SPEC, "q", b"img")
-    assert store.start(jid, "q", "w1") == 1
+    assert store.claim("q", "t", "w1") == [jid]
     assert store.succeed(jid, "q", RESULT) is True
     assert store.fail(jid, "q", "internal_error", "late duplicate") is False  # cannot overwrite
     assert store.succeed(jid, "q", RESULT) is False
     rec = store.get(jid)
     assert rec.status is JobStatus.succeeded and rec.error is None and rec.result == RESULT
-    assert store.start(jid, "q", "w2") == "succeeded"  # a redelivery is told not to run
+    assert store.reclaim("t", "w2") == []  # a redelivered token does not run it again
     assert rclient.get(Keys(prefix).upload(jid)) is None  # the upload is freed once final
 
 
-def test_redelivery_counts_deliveries(store):
-    jid = "b" * 32
-    store.create(jid, SPEC, "q", b"img")
-    assert store.start(jid, "q", "w1") == 1
-    assert store.start(jid, "q", "w2") == 2
-    assert store.get(jid).worker == "w2"
+def test_an_interrupted_token_takes_back_its_unfinished_jobs(store):
+    a, b = "a" * 32, "b" * 32
+    store.create(a, SPEC, "q", b"img")
+    store.create(b, SPEC, "q", b"img")
+    assert store.claim("q", "t", "w1", max_jobs=2) == [a, b]
+    store.succeed(a, "q", RESULT)
+    # the worker dies here; the message comes back and its task runs again
+    assert store.reclaim("t", "w2") == [b]
+    rec = store.get(b)
+    assert rec.deliveries == 2 and rec.worker == "w2" and rec.status is JobStatus.running
+    assert store.claim("q", "other", "w3") == []  # nobody else takes it meanwhile
+    store.release("t")
+    assert store.claimed("t") == []
 
 
-def test_unknown_job_is_none_and_start_says_missing(store):
+def test_unknown_job_is_none_and_expired_entries_leave_the_order(store, rclient, prefix):
     assert store.get("c" * 32) is None
-    assert store.start("c" * 32, "q", "w") == "missing"
+    store.create("d" * 32, SPEC, "q", b"img")
+    rclient.delete(Keys(prefix).job("d" * 32))  # the record expired
+    assert store.claim("q", "t", "w") == []
+    assert store.queue_depth("q") == 0
 
 
 def test_records_and_blobs_expire(store, rclient, prefix):

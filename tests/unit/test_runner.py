@@ -1,0 +1,98 @@
+"""The worker's job lifecycle in-process, on the real Redis and the demo model."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from shared.artifacts import ArtifactStore
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.model_store import ModelStore
+from shared.schemas import ImageInfo, JobSpec, JobStatus, Method
+from tests.conftest import ROOT
+from training.shapes import held_out
+from worker.loader import ModelCache
+from worker.runner import JobRunner
+
+QUEUE = "q"
+
+
+def png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def parts(rclient, prefix):
+    keys = Keys(prefix)
+    store = ModelStore(ROOT / "models" / "store")
+    jobs = JobStore(rclient, keys, 60, 60)
+    arts = ArtifactStore(rclient, keys, 60)
+    cache = ModelCache(store, torch.device("cpu"))
+
+    def runner(batch: int = 1, name: str = "w") -> JobRunner:
+        return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch)
+
+    def submit(job_id: str, image, method=Method.gradcam, target=None) -> None:
+        spec = JobSpec(
+            model="shapes", model_version="1", method=method, target_class=target,
+            image=ImageInfo(format="PNG", width=image.width, height=image.height, bytes=1),
+        )  # fmt: skip
+        jobs.create(job_id, spec, QUEUE, png(image))
+
+    return jobs, arts, runner, submit
+
+
+def test_a_batch_runs_as_one_pass_and_equals_single_runs(parts):
+    jobs, arts, runner, submit = parts
+    scenes = held_out(4)
+    for i, s in enumerate(scenes):
+        submit(f"{i:032x}", s.image)
+    out = runner(batch=8).run_token("tok", QUEUE)
+    assert out == {f"{i:032x}": "succeeded" for i in range(4)}
+    batched = [jobs.get(f"{i:032x}") for i in range(4)]
+    assert all(r.result.batch_size == 4 for r in batched)
+    for i, s in enumerate(scenes):
+        submit(f"{i + 10:032x}", s.image)
+        runner(batch=1).run_token(f"single{i}", QUEUE)
+        single = jobs.get(f"{i + 10:032x}")
+        assert single.result.batch_size == 1
+        assert single.result.classes == batched[i].result.classes
+        assert single.result.explanation == batched[i].result.explanation
+        assert arts.get(f"{i + 10:032x}", "heatmap") == arts.get(f"{i:032x}", "heatmap")
+
+
+def test_one_bad_job_in_a_batch_fails_alone(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    scenes = held_out(3)
+    for i, s in enumerate(scenes):
+        submit(f"{i:032x}", s.image)
+    rclient.set(Keys(prefix).upload(f"{1:032x}"), b"\x89PNG\r\n\x1a\n broken")  # corrupted after acceptance
+    out = runner(batch=8).run_token("tok", QUEUE)
+    assert out[f"{1:032x}"] == "failed" and out[f"{0:032x}"] == out[f"{2:032x}"] == "succeeded"
+    err = jobs.get(f"{1:032x}").error
+    assert err.code == "internal_error" and err.message
+
+
+def test_an_interrupted_token_runs_its_unfinished_jobs_again(parts):
+    jobs, _arts, runner, submit = parts
+    s = held_out(1)[0]
+    submit("a" * 32, s.image)
+    assert jobs.claim(QUEUE, "tok", "dead-worker") == ["a" * 32]  # claimed, then the worker died
+    out = runner(name="w2").run_token("tok", QUEUE)
+    assert out == {"a" * 32: "succeeded"}
+    rec = jobs.get("a" * 32)
+    assert rec.status is JobStatus.succeeded and rec.deliveries == 2 and rec.worker == "w2"
+    assert runner().run_token("tok", QUEUE) == {}  # a second redelivery finds nothing to do
+
+
+def test_expired_upload_fails_the_job_with_a_reason(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    submit("e" * 32, held_out(1)[0].image)
+    rclient.delete(Keys(prefix).upload("e" * 32))
+    assert runner().run_token("tok", QUEUE) == {"e" * 32: "failed"}
+    assert jobs.get("e" * 32).error.code == "upload_missing"

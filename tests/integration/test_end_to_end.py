@@ -17,7 +17,7 @@ from PIL import Image
 
 from client.http import SegcamClient
 from shared.keys import Keys
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cleanup_prefix
 from training.shapes import make_scene
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,36 @@ def test_demo_command_runs_real_jobs_and_writes_results(stack, tmp_path):
             assert Image.open(d / f"{name}.png").size == Image.open(d / "input.png").size
     assert "4 jobs" in (out / "summary.md").read_text()
     assert (out / "contact_sheet.png").exists()
+
+
+def test_segcam_up_brings_the_stack_up_and_takes_it_down(redis_url, tmp_path):
+    import signal
+
+    from stack.local import free_port
+
+    port = free_port()
+    env = {**os.environ, "SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": f"up{os.getpid()}", "SEGCAM_DEVICE": "cpu"}
+    cmd = [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--flower-port", "0", "--logs", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                pass
+            if ready:
+                break
+            time.sleep(0.5)
+        assert ready, proc.stdout.read() if proc.poll() is not None else "not ready in time"
+        acc = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", files={"image": ("a.png", scene_png(99, (96, 96)))}).json()
+        with SegcamClient(f"http://127.0.0.1:{port}") as c:
+            assert c.wait(acc["id"], timeout=120)["status"] == "succeeded"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    cleanup_prefix(redis.Redis.from_url(redis_url), env["SEGCAM_KEY_PREFIX"])

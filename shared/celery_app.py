@@ -20,6 +20,11 @@ def make_celery(settings: Settings, results: bool = True) -> Celery:
     app = Celery("segcam", broker=settings.redis_url, backend=settings.redis_url if results else None)
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
+        # Sweep for messages of vanished workers every interval (kombu's default throttle
+        # makes it ten intervals): a killed worker's job comes back within about
+        # visibility_timeout + interval.
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_s,
     }

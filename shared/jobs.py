@@ -29,15 +29,26 @@ from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus
 
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
-# KEYS: job, queued zset, sequence, upload. ARGV: job id, job ttl, upload ttl, upload bytes,
-# priority band, then field/value pairs of the record.
+# KEYS: job, queued zset, sequence, upload, idempotency key. ARGV: job id, job ttl, upload ttl,
+# upload bytes, priority band, max queue depth (0: none), idempotency ttl (0: no key),
+# request fingerprint, then field/value pairs of the record.
+# Returns {'ok', position} | {'full', depth} | {'replay', "job_id fingerprint"}.
 _CREATE = """
+if tonumber(ARGV[7]) > 0 then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then return {'replay', prev} end
+end
+local depth = redis.call('ZCARD', KEYS[2])
+if tonumber(ARGV[6]) > 0 and depth >= tonumber(ARGV[6]) then return {'full', depth} end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[5]) * 1e12 + seq, ARGV[1])
-return redis.call('ZRANK', KEYS[2], ARGV[1])
+if tonumber(ARGV[7]) > 0 then
+  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[7])
+end
+return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
 
 # Take the next jobs of a queue, in queue order: the head job, then up to max-1 more with
@@ -83,7 +94,7 @@ end
 return out
 """
 
-# KEYS: job, queued zset, upload. ARGV: job id, status, now, ttl, field, value.
+# KEYS: job, queued zset, upload, completions zset. ARGV: job id, status, now, ttl, field, value.
 _FINISH = f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
@@ -92,8 +103,40 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], ARGV[5], 
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
+if st == 'running' then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[3]) - 60)
+end
 return 1
 """
+
+# KEYS: job, queued zset, upload. ARGV: job id, now, ttl, error json.
+# A queued job is cancelled at once and never runs; a running one is flagged for the worker.
+_CANCEL = f"""
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if {_FINAL_LUA} then return st end
+if st == 'queued' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('DEL', KEYS[3])
+  return 'cancelled'
+end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+return 'cancelling'
+"""
+
+
+@dataclass
+class Created:
+    """What a create did: made a job (position), found the queue full, or replayed a key."""
+
+    job_id: str
+    position: int | None = None
+    full: bool = False
+    replayed: bool = False
+    fingerprint_matches: bool = True
 
 
 @dataclass
@@ -107,6 +150,9 @@ class JobRecord:
     finished_at: float | None = None
     worker: str | None = None
     token: str | None = None  # the Celery task that claimed it
+    owner: str = ""  # API key ID that created it ("" with keys off)
+    stage: str | None = None
+    cancel_requested: bool = False
     deliveries: int = 0
     error: ErrorInfo | None = None
     result: JobResult | None = None
@@ -129,6 +175,9 @@ class JobRecord:
             finished_at=num("finished_at"),
             worker=s.get("worker") or None,
             token=s.get("token") or None,
+            owner=s.get("owner", ""),
+            stage=s.get("stage") or None,
+            cancel_requested=bool(s.get("cancel_requested")),
             deliveries=int(s.get("deliveries", 0)),
             error=ErrorInfo.model_validate_json(s["error"]) if s.get("error") else None,
             result=JobResult.model_validate_json(s["result"]) if s.get("result") else None,
@@ -148,26 +197,63 @@ class JobStore:
         self._claim = client.register_script(_CLAIM)
         self._reclaim = client.register_script(_RECLAIM)
         self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
 
-    def create(self, job_id: str, spec: JobSpec, queue: str, upload: bytes, priority_band: int = 0) -> int:
-        """Store the upload and the record and enter the queue order; returns the position."""
+    def create(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        queue: str,
+        upload: bytes,
+        priority_band: int = 1,
+        max_depth: int = 0,
+        owner: str = "",
+        idempotency_key: str | None = None,
+        idempotency_ttl_s: int = 0,
+        fingerprint: str = "",
+    ) -> Created:
+        """Store the upload and the record and enter the queue order, atomically, unless the
+        queue is full or the idempotency key was seen (then the earlier job is returned)."""
         fields = {
             "id": job_id,
             "status": JobStatus.queued.value,
             "spec": spec.model_dump_json(),
             "method": spec.method.value,
             "queue": queue,
+            "owner": owner,
             "created_at": repr(time.time()),
             "deliveries": 0,
         }
         flat = [x for kv in fields.items() for x in kv]
         k = self.keys
-        return int(
-            self._create(
-                keys=[k.job(job_id), k.queued(queue), k.sequence(), k.upload(job_id)],
-                args=[job_id, self.job_ttl_s, self.upload_ttl_s, upload, priority_band, *flat],
-            )
+        idem_ttl = idempotency_ttl_s if idempotency_key else 0
+        kind, value = self._create(
+            keys=[
+                k.job(job_id),
+                k.queued(queue),
+                k.sequence(),
+                k.upload(job_id),
+                k.idempotency(owner, idempotency_key or ""),
+            ],
+            args=[
+                job_id,
+                self.job_ttl_s,
+                self.upload_ttl_s,
+                upload,
+                priority_band,
+                max_depth,
+                idem_ttl,
+                fingerprint,
+                *flat,
+            ],
         )
+        kind = kind.decode()
+        if kind == "full":
+            return Created(job_id="", full=True, position=int(value))
+        if kind == "replay":
+            prev_id, _, prev_fp = value.decode().partition(" ")
+            return Created(job_id=prev_id, replayed=True, fingerprint_matches=prev_fp == fingerprint)
+        return Created(job_id=job_id, position=int(value))
 
     def get(self, job_id: str) -> JobRecord | None:
         h = self.r.hgetall(self.keys.job(job_id))
@@ -220,18 +306,53 @@ class JobStore:
         err = ErrorInfo(code=code, message=message)
         return self._finalize(job_id, queue, JobStatus.failed, "error", err.model_dump_json())
 
+    def mark_cancelled(self, job_id: str, queue: str) -> bool:
+        """A running job whose cancellation the worker honoured at a stage boundary."""
+        err = ErrorInfo(code="cancelled", message="cancelled by the client while running")
+        return self._finalize(job_id, queue, JobStatus.cancelled, "error", err.model_dump_json())
+
+    def cancel(self, job_id: str, queue: str) -> str:
+        """Returns 'cancelled' (was queued), 'cancelling' (running: flagged), a final status, or 'missing'."""
+        k = self.keys
+        err = ErrorInfo(code="cancelled", message="cancelled by the client before it ran").model_dump_json()
+        out = self._cancel(
+            keys=[k.job(job_id), k.queued(queue), k.upload(job_id)],
+            args=[job_id, repr(time.time()), self.job_ttl_s, err],
+        )
+        return out.decode()
+
+    def enter_stage(self, job_ids: list[str], stage: str) -> list[str]:
+        """Record the stage each running job is in; returns those whose cancellation was requested."""
+        pipe = self.r.pipeline(transaction=False)
+        for j in job_ids:
+            pipe.hset(self.keys.job(j), "stage", stage)
+            pipe.hget(self.keys.job(j), "cancel_requested")
+        flags = pipe.execute()[1::2]
+        return [j for j, f in zip(job_ids, flags, strict=True) if f]
+
+    def drain_rate(self, queue: str, window_s: float = 60.0) -> float:
+        """Jobs finished per second over the last minute (0.0 when nothing finished yet)."""
+        now = time.time()
+        recent = self.r.zrangebyscore(self.keys.completions(queue), now - window_s, "+inf", withscores=True)
+        if not recent:
+            return 0.0
+        span = max(1.0, now - recent[0][1])
+        return len(recent) / span
+
     def _finalize(self, job_id: str, queue: str, status: JobStatus, field: str, value: str) -> bool:
         k = self.keys
         done = self._finish(
-            keys=[k.job(job_id), k.queued(queue), k.upload(job_id)],
+            keys=[k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue)],
             args=[job_id, status.value, repr(time.time()), self.job_ttl_s, field, value],
         )
         return bool(done)
 
-    def discard(self, job_id: str, queue: str) -> None:
+    def discard(self, job_id: str, queue: str, owner: str = "", idempotency_key: str | None = None) -> None:
         """Undo a create whose message never reached the broker, so nothing shows as queued."""
         k = self.keys
         self.r.delete(k.job(job_id), k.upload(job_id))
+        if idempotency_key:
+            self.r.delete(k.idempotency(owner, idempotency_key))
         self.r.zrem(k.queued(queue), job_id)
 
     def queue_depth(self, queue: str) -> int:

@@ -7,6 +7,7 @@ queues are named from the same prefix for the same reason.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -33,6 +34,19 @@ class Keys:
     def claims(self, token: str) -> str:
         """Set: the jobs one Celery task (a token) has claimed and not yet released."""
         return f"{self.prefix}:claims:{token}"
+
+    def completions(self, queue: str) -> str:
+        """Sorted set: jobs of a queue finished in the last minute, by time (the drain rate)."""
+        return f"{self.prefix}:done:{queue}"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        """String: "job_id fingerprint" for an Idempotency-Key (hashed: keys are client data)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        return f"{self.prefix}:idem:{owner or '-'}:{digest}"
+
+    def rate(self, owner: str, window: int) -> str:
+        """Counter: submissions of one API key in one rate-limit window."""
+        return f"{self.prefix}:rate:{owner}:{window}"
 
     def sequence(self) -> str:
         """Counter: a global enqueue sequence, the score in ``queued``."""

@@ -61,7 +61,7 @@ class ModelManifest(BaseModel):
             idx = int(value)
             if not 0 <= idx < len(self.labels):
                 raise ValueError(
-                    f"class index {idx} is out of range for model '{self.name}' (0..{len(self.labels) - 1})"
+                    f"class index {value[:20]} is out of range for model '{self.name}' (0..{len(self.labels) - 1})"
                 )
             return idx
         try:

@@ -24,6 +24,18 @@ class Method(StrEnum):
     eigencam = "eigencam"
 
 
+class Priority(StrEnum):
+    """Queue order: every ``high`` job runs before any ``normal`` one, which run before ``low``."""
+
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+    @property
+    def band(self) -> int:
+        return {"high": 0, "normal": 1, "low": 2}[self.value]
+
+
 class JobStatus(StrEnum):
     queued = "queued"
     running = "running"
@@ -66,6 +78,7 @@ class JobSpec(BaseModel):
     target_class: int | None = Field(
         None, description="Class index to explain; null: the largest predicted non-background class."
     )
+    priority: Priority = Priority.normal
     image: ImageInfo
 
 
@@ -137,10 +150,14 @@ class JobView(BaseModel):
     model_version: str
     method: Method
     target_class: int | None
+    priority: Priority = Priority.normal
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     position: int | None = Field(None, description="Jobs ahead of this one while queued (0: next).")
+    stage: str | None = Field(None, description="While running: preprocess, inference, cam or encode.")
+    cancel_requested: bool = Field(False, description="A cancellation was asked for while it was running.")
+    attempts: int = Field(0, description="How many times a worker started it (more than 1 after a crash).")
     error: ErrorInfo | None = None
     result: JobResult | None = None
 

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     max_pixels: int = 40_000_000
     max_side: int = 16_384
     allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+    max_field_chars: int = 256  # longest accepted form field value
+    max_queue_depth: int = 1000  # queued jobs per model queue; past it, submissions get 429
+    idempotency_ttl_s: int = 24 * 3600
+    # API keys: comma-separated sha256 hex digests of the accepted keys (`segcam keys hash KEY`).
+    # Empty: no authentication. With keys on, a job is visible only to the key that created it.
+    api_key_hashes: str = ""
+    rate_limit_per_minute: int = 0  # submissions per API key per minute; 0: unlimited
 
     # --- Jobs and artifacts ---
     job_ttl_s: int = 24 * 3600
@@ -56,6 +63,9 @@ class Settings(BaseSettings):
     worker_proc_alive_timeout_s: float = 120.0
     worker_heartbeat_s: float = 5.0
     worker_max_tasks_per_child: int = 0  # 0: never recycle
+    max_deliveries: int = 3  # a job whose worker died this many times running it fails as poison
+    unacked_restore_interval_s: int = 10  # how often a worker sweeps for jobs of workers that vanished
+    fault_injection: bool = False  # chaos testing only: honour `segcam-fault` PNG text chunks
     result_expires_s: int = 3600
 
     # --- Logging ---
@@ -76,6 +86,14 @@ class Settings(BaseSettings):
         if v <= hard:
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s, or jobs run twice")
         return v
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return bool(self.key_hashes)
+
+    @property
+    def key_hashes(self) -> list[str]:
+        return [h.strip().lower() for h in self.api_key_hashes.split(",") if h.strip()]
 
     @property
     def served_models(self) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from itertools import groupby
 
 import torch
@@ -23,16 +22,15 @@ from shared.artifacts import ArtifactStore
 from shared.jobs import JobRecord, JobStore
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Timings
+from worker import faults
 from worker.loader import ModelCache, ModelLoadError
 from worker.pipeline import Item, ItemResult, Pipeline
 
 log = logging.getLogger("segcam.worker")
 
 
-@dataclass
-class JobFailure(Exception):
-    code: str
-    message: str
+class BatchCancelled(Exception):
+    """Every job of the batch was cancelled: stop computing."""
 
 
 class JobRunner:
@@ -44,6 +42,8 @@ class JobRunner:
         cache: ModelCache,
         worker: str,
         max_batch_size: int = 1,
+        max_deliveries: int = 3,
+        fault_injection: bool = False,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
@@ -51,6 +51,8 @@ class JobRunner:
         self.cache = cache
         self.worker = worker
         self.max_batch_size = max(1, max_batch_size)
+        self.max_deliveries = max_deliveries
+        self.fault_injection = fault_injection
 
     def run_token(self, token: str, queue: str) -> dict[str, str]:
         """Run what the Celery task ``token`` is owed; returns job ID -> final status."""
@@ -76,6 +78,10 @@ class JobRunner:
                 log.warning("job %s has no record (expired); dropping it", job_id)
                 outcome[job_id] = "missing"
                 continue
+            if rec.deliveries > self.max_deliveries:
+                msg = f"the worker running this job died {rec.deliveries - 1} times; it will not be retried"
+                outcome[job_id] = self._fail(rec, "poison_job", msg)
+                continue
             data = self.artifacts.get_upload(job_id)
             if data is None:
                 outcome[job_id] = self._fail(rec, "upload_missing", "the uploaded image expired before the job ran")
@@ -98,24 +104,35 @@ class JobRunner:
         except (ModelNotFound, ModelLoadError, ValueError) as e:
             return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}
         items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
+        hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
         try:
-            results = Pipeline(model).run(items, spec.method)
+            results = Pipeline(model).run(items, spec.method, on_stage=hook)
+        except BatchCancelled:
+            return dict.fromkeys(hook.cancelled, "cancelled")
         except SoftTimeLimitExceeded:
             return {rec.id: self._fail(rec, "timeout", "the job ran past its time limit") for rec, _ in group}
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(group) > 1:  # maybe only the batch was too big: try each job alone
-                return {k: v for pair in group for k, v in self._run_group([pair], started).items()}
+                return self._one_by_one(group, hook.cancelled, started)
             return {group[0][0].id: self._fail(group[0][0], "out_of_memory", "the device ran out of memory")}
         except Exception as e:  # a bug or an unforeseen input: fail the job, keep the worker
             if len(group) > 1:  # find the one job that breaks the batch; the others still succeed
-                return {k: v for pair in group for k, v in self._run_group([pair], started).items()}
+                return self._one_by_one(group, hook.cancelled, started)
             log.exception("job %s failed unexpectedly", group[0][0].id)
             return {group[0][0].id: self._fail(group[0][0], "internal_error", f"{type(e).__name__}: {e}"[:500])}
-        return {
-            rec.id: self._succeed(rec, res, manifest, started, len(group))
-            for (rec, _), res in zip(group, results, strict=True)
-        }
+        out = dict.fromkeys(hook.cancelled, "cancelled")
+        for (rec, _), res in zip(group, results, strict=True):
+            if rec.id not in hook.cancelled:
+                out[rec.id] = self._succeed(rec, res, manifest, started, len(group))
+        return out
+
+    def _one_by_one(self, group, cancelled: set[str], started: float) -> dict[str, str]:
+        out = dict.fromkeys(cancelled, "cancelled")
+        for pair in group:
+            if pair[0].id not in cancelled:
+                out.update(self._run_group([pair], started))
+        return out
 
     def _succeed(self, rec: JobRecord, res: ItemResult, manifest: ModelManifest, started: float, batch: int) -> str:
         self.artifacts.put(rec.id, res.artifacts)
@@ -140,3 +157,33 @@ class JobRunner:
         log.warning("job %s failed: %s: %s", rec.id, code, message)
         self.jobs.fail(rec.id, rec.queue, code, message)
         return "failed"
+
+
+class StageHook:
+    """Called by the pipeline at each stage boundary of a batch.
+
+    One Redis round trip records the stage and reads the cancellation flags; a job
+    cancelled while running ends ``cancelled`` here (its result, if the batch goes on for
+    the others, is dropped). With fault injection on, injected faults fire here too.
+    """
+
+    def __init__(self, runner: JobRunner, records: list[JobRecord], uploads: list[bytes]) -> None:
+        self.runner = runner
+        self.live = {r.id: r for r in records}
+        self.cancelled: set[str] = set()
+        self.faults = {}
+        if runner.fault_injection:
+            self.faults = {r.id: f for r, d in zip(records, uploads, strict=True) if (f := faults.read_fault(d))}
+
+    def __call__(self, stage: str) -> None:
+        jobs = self.runner.jobs
+        for job_id in jobs.enter_stage(list(self.live), stage):
+            rec = self.live.pop(job_id)
+            if jobs.mark_cancelled(job_id, rec.queue):
+                log.info("job %s cancelled at stage %s", job_id, stage)
+                self.cancelled.add(job_id)
+        if not self.live:
+            raise BatchCancelled
+        for job_id, fault in self.faults.items():
+            if job_id in self.live:
+                faults.trigger(fault, stage)

@@ -63,6 +63,8 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         cache=cache,
         worker=worker_name,
         max_batch_size=settings.max_batch_size,
+        max_deliveries=settings.max_deliveries,
+        fault_injection=settings.fault_injection,
     )
     return _runner
 

@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.deps import Services
+from api.limits import BodySizeLimit
 from api.routes import health, jobs, models
 from shared.settings import Settings, get_settings
+
+DESCRIPTION = (
+    "Submit an image with `POST /v1/jobs` (answered `202` at once with a job ID), poll "
+    "`GET /v1/jobs/{id}` until it is `succeeded` or `failed`, then download the mask, heatmap "
+    'and overlay PNGs. Every error is JSON: `{"error": {"code": ..., "message": ...}}`.'
+)
+
+
+def _openapi(app: FastAPI):
+    """FastAPI documents 422 as its own validation shape; segcam answers with ErrorResponse."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, description=app.description,
+                         routes=app.routes)  # fmt: skip
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path in schema["paths"].values():
+        for op in path.values():
+            resp = op.get("responses", {})
+            if "422" in resp:
+                resp["422"] = {"description": "Invalid request", "content": {"application/json": {"schema": ref}}}
+            resp.setdefault(
+                "503", {"description": "Redis unreachable", "content": {"application/json": {"schema": ref}}}
+            )
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -16,17 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="segcam",
         version="1.0.0",
         summary="Asynchronous image segmentation with Grad-CAM explanations",
-        description=(
-            "Submit an image with `POST /v1/jobs` (answered `202` at once with a job ID), poll "
-            "`GET /v1/jobs/{id}` until it is `succeeded` or `failed`, then download the mask, heatmap "
-            'and overlay PNGs. Errors are JSON: `{"error": {"code", "message"}}`.'
-        ),
+        description=DESCRIPTION,
     )
     app.state.services = Services.build(settings)
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.openapi = lambda: _openapi(app)
     return app
 
 

@@ -1,19 +1,41 @@
-"""Everything a submission must pass before it is queued, in the order cheapest first.
+"""Everything a submission must pass before it is queued, cheapest checks first.
 
-A job is queued only when its model, method, class and image are all known good: a bad
-request is answered in the request (4xx, naming the problem), never discovered later by
-a worker.
+A job is queued only when its form, model, method, class and image are all known good: a
+bad request is answered in the request (4xx, naming the problem), never discovered later
+by a worker.
 """
 
 from __future__ import annotations
 
-from api.deps import Services
+import hashlib
+
+from fastapi import Depends, Request
+
+from api.deps import Services, services
 from api.errors import ApiError
 from shared.imaging import ImageRejected, inspect
 from shared.model_store import ModelManifest, ModelNotFound
-from shared.schemas import JobSpec, Method
+from shared.schemas import JobSpec, Method, Priority
 
+FORM_FIELDS = ("image", "model", "target_class", "method", "priority")
 METHOD_NAMES = ", ".join(m.value for m in Method)
+
+
+async def checked_form(request: Request, svc: Services = Depends(services)) -> None:
+    """Refuse unknown fields (a typo would otherwise be silently ignored) and oversized values."""
+    form = await request.form()
+    unknown = sorted({k for k in form if k not in FORM_FIELDS})
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise ApiError(422, "unknown_field", f"unknown form field(s) {names}; accepted: {', '.join(FORM_FIELDS)}")
+    for key in FORM_FIELDS:
+        values = form.getlist(key)
+        if len(values) > 1:
+            raise ApiError(422, "duplicate_field", f"form field '{key}' was sent {len(values)} times")
+        if key != "image" and values and isinstance(values[0], str) and len(values[0]) > svc.settings.max_field_chars:
+            raise ApiError(
+                422, "field_too_long", f"form field '{key}' is longer than {svc.settings.max_field_chars} characters"
+            )
 
 
 def resolve_model(svc: Services, ref: str | None) -> ModelManifest:
@@ -33,6 +55,14 @@ def resolve_method(value: str | None, default: str = Method.gradcam.value) -> Me
         raise ApiError(422, "unknown_method", f"unknown method '{value[:64]}'; use one of {METHOD_NAMES}") from None
 
 
+def resolve_priority(value: str | None) -> Priority:
+    value = (value or "").strip().lower() or Priority.normal.value
+    try:
+        return Priority(value)
+    except ValueError:
+        raise ApiError(422, "unknown_priority", f"unknown priority '{value[:64]}'; use high, normal or low") from None
+
+
 def resolve_class(manifest: ModelManifest, value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
@@ -42,9 +72,17 @@ def resolve_class(manifest: ModelManifest, value: str | None) -> int | None:
         raise ApiError(422, "unknown_class", str(e)) from None
 
 
-def build_spec(svc: Services, data: bytes, model: str | None, target_class: str | None, method: str | None) -> JobSpec:
+def build_spec(
+    svc: Services,
+    data: bytes,
+    model: str | None,
+    target_class: str | None,
+    method: str | None,
+    priority: str | None = None,
+) -> JobSpec:
     s = svc.settings
     m = resolve_method(method, s.default_method)
+    p = resolve_priority(priority)
     manifest = resolve_model(svc, model)
     class_id = resolve_class(manifest, target_class)
     if len(data) > s.max_upload_bytes:
@@ -53,4 +91,18 @@ def build_spec(svc: Services, data: bytes, model: str | None, target_class: str 
         image = inspect(data, max_pixels=s.max_pixels, max_side=s.max_side, allowed_formats=s.allowed_formats)
     except ImageRejected as e:
         raise ApiError(e.status, e.code, e.message) from None
-    return JobSpec(model=manifest.name, model_version=manifest.version, method=m, target_class=class_id, image=image)
+    return JobSpec(
+        model=manifest.name,
+        model_version=manifest.version,
+        method=m,
+        target_class=class_id,
+        priority=p,
+        image=image,
+    )
+
+
+def fingerprint(spec: JobSpec, data: bytes) -> str:
+    """What makes two submissions "the same request" for an Idempotency-Key."""
+    h = hashlib.sha256(data)
+    h.update(spec.model_dump_json(include={"model", "model_version", "method", "target_class", "priority"}).encode())
+    return h.hexdigest()[:32]

@@ -66,6 +66,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    import hashlib
+
+    print(hashlib.sha256(args.key.encode()).hexdigest())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="segcam", description="Asynchronous segmentation with Grad-CAM explanations")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -83,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=1)
     demo.add_argument("--url", help="use a running API instead of starting a local stack")
     demo.set_defaults(func=cmd_demo)
+
+    hk = sub.add_parser("hash-key", help="print the sha256 of an API key, for SEGCAM_API_KEY_HASHES")
+    hk.add_argument("key")
+    hk.set_defaults(func=cmd_hash_key)
     return ap
 
 

@@ -68,7 +68,9 @@ def test_class_given_by_label_is_resolved_to_its_index(client):
         ({"image": ("a.png", png())}, {"target_class": "dog"}, 422, "unknown_class"),
         ({"image": ("a.png", png())}, {"target_class": "9"}, 422, "unknown_class"),
         ({"image": ("a.png", png())}, {"method": "scorecam"}, 422, "unknown_method"),
-        ({"file": ("a.png", png())}, {}, 422, "invalid_request"),
+        ({"file": ("a.png", png())}, {}, 422, "unknown_field"),
+        ({"image": ("a.png", png())}, {"priority": "urgent"}, 422, "unknown_priority"),
+        ({"image": ("a.png", png())}, {"model": "x" * 300}, 422, "field_too_long"),
     ],
 )
 def test_bad_submissions_get_a_4xx_json_error_and_nothing_is_queued(
@@ -80,6 +82,11 @@ def test_bad_submissions_get_a_4xx_json_error_and_nothing_is_queued(
     assert err["code"] == code and err["message"]
     assert queue_len(rclient, settings) == 0
     assert not list(rclient.scan_iter(match=f"{settings.key_prefix}:job:*"))
+
+
+def test_missing_image_is_a_422_naming_the_field(client):
+    r = client.post("/v1/jobs", data={"model": "shapes"})
+    assert r.status_code == 422 and "image" in r.json()["error"]["message"]
 
 
 def test_image_over_the_pixel_cap_is_413(settings):

@@ -38,7 +38,7 @@ RESULT = JobResult(
 
 def test_positions_follow_submit_order_and_count_down(store):
     ids = [f"{i:032x}" for i in range(5)]
-    assert [store.create(j, SPEC, "q", b"img") for j in ids] == [0, 1, 2, 3, 4]
+    assert [store.create(j, SPEC, "q", b"img").position for j in ids] == [0, 1, 2, 3, 4]
     assert store.get(ids[3]).position == 3
     assert store.claim("q", "tok1", "w1") == [ids[0]]
     assert store.get(ids[3]).position == 2
@@ -110,3 +110,41 @@ def test_records_and_blobs_expire(store, rclient, prefix):
     assert arts.get(jid, "../../etc") is None
     with pytest.raises(ValueError):
         arts.put(jid, {"evil": b"x"})
+
+
+def test_queue_bound_is_atomic_and_reports_the_depth(store):
+    for i in range(3):
+        assert not store.create(f"{i:032x}", SPEC, "q", b"i", max_depth=3).full
+    refused = store.create("f" * 32, SPEC, "q", b"i", max_depth=3)
+    assert refused.full and refused.position == 3 and store.get("f" * 32) is None
+
+
+def test_idempotency_key_replays_the_first_job_and_checks_the_request(store):
+    first = store.create("1" * 32, SPEC, "q", b"i", idempotency_key="k", idempotency_ttl_s=60, fingerprint="fp1")
+    again = store.create("2" * 32, SPEC, "q", b"i", idempotency_key="k", idempotency_ttl_s=60, fingerprint="fp1")
+    assert again.replayed and again.job_id == first.job_id == "1" * 32 and again.fingerprint_matches
+    assert store.get("2" * 32) is None  # nothing new was created
+    other = store.create("3" * 32, SPEC, "q", b"i", idempotency_key="k", idempotency_ttl_s=60, fingerprint="fp2")
+    assert other.replayed and not other.fingerprint_matches
+    scoped = store.create("4" * 32, SPEC, "q", b"i", owner="keyB", idempotency_key="k", idempotency_ttl_s=60)
+    assert not scoped.replayed  # idempotency keys are per API key
+
+
+def test_drain_rate_counts_jobs_finished_in_the_last_minute(store):
+    assert store.drain_rate("q") == 0.0
+    for i in range(4):
+        store.create(f"{i:032x}", SPEC, "q", b"i")
+    store.claim("q", "t", "w", max_jobs=4)
+    for i in range(4):
+        store.succeed(f"{i:032x}", "q", RESULT)
+    assert store.drain_rate("q") == 4.0  # four in (at least) one second
+
+
+def test_cancel_a_queued_job_removes_it_from_the_order(store):
+    store.create("a" * 32, SPEC, "q", b"i")
+    assert store.cancel("a" * 32, "q") == "cancelled"
+    assert store.claim("q", "t", "w") == [] and store.get("a" * 32).status is JobStatus.cancelled
+    assert store.cancel("a" * 32, "q") == "cancelled"  # already final: reported, not changed
+    store.create("b" * 32, SPEC, "q", b"i")
+    store.claim("q", "t", "w")
+    assert store.cancel("b" * 32, "q") == "cancelling" and store.enter_stage(["b" * 32], "cam") == ["b" * 32]

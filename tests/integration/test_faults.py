@@ -1,0 +1,218 @@
+"""Faults survived, nothing lost: real API, real Redis, real worker processes, real kills.
+
+Faults are injected with PNG text chunks (worker/faults.py), enabled only for this stack.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer, Queue
+
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.schemas import ImageInfo, JobSpec
+from tests.conftest import cleanup_prefix
+from tests.integration.procs import Procs, children, job, scene_png, submit, wait_final, wait_until
+
+pytestmark = pytest.mark.integration
+
+LIMITS = {
+    "SEGCAM_TASK_SOFT_TIME_LIMIT_S": "4",
+    "SEGCAM_TASK_TIME_LIMIT_S": "6",
+    "SEGCAM_VISIBILITY_TIMEOUT_S": "8",
+    "SEGCAM_UNACKED_RESTORE_INTERVAL_S": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def chaos(redis_url, run_prefix, tmp_path_factory):
+    prefix = f"{run_prefix}-chaos"
+    env = {
+        "SEGCAM_REDIS_URL": redis_url,
+        "SEGCAM_KEY_PREFIX": prefix,
+        "SEGCAM_FAULT_INJECTION": "true",
+        "SEGCAM_WORKER_HEARTBEAT_S": "1",
+        "SEGCAM_MAX_DELIVERIES": "3",
+        **LIMITS,
+    }
+    procs = Procs(env, tmp_path_factory.mktemp("chaos-logs"))
+    procs.api()
+    procs.workers = {name: procs.worker(name) for name in ("w1@chaos", "w2@chaos")}
+    procs.wait_workers(list(procs.workers))
+    procs.prefix = prefix
+    yield procs
+    procs.close()
+    cleanup_prefix(redis.Redis.from_url(redis_url), prefix)
+
+
+def run_ok(url: str, seed: int = 0) -> dict:
+    """A healthy job after a fault: the workers are still serving."""
+    final = wait_final(url, submit(url, scene_png(seed))["id"], timeout=60)
+    assert final["status"] == "succeeded", final
+    return final
+
+
+def test_a_crashing_job_fails_at_once_and_the_worker_goes_on(chaos):
+    final = wait_final(chaos.url, submit(chaos.url, scene_png(1, fault="crash@cam"))["id"])
+    assert final["status"] == "failed" and final["error"]["code"] == "internal_error"
+    assert "injected crash" in final["error"]["message"] and final["attempts"] == 1
+    run_ok(chaos.url)
+
+
+def test_cuda_out_of_memory_fails_the_job_clearly_and_the_worker_goes_on(chaos):
+    final = wait_final(chaos.url, submit(chaos.url, scene_png(2, fault="oom@inference"))["id"])
+    assert final["status"] == "failed" and final["error"]["code"] == "out_of_memory"
+    run_ok(chaos.url)
+
+
+def test_soft_time_limit_fails_the_job_with_timeout(chaos):
+    t0 = time.monotonic()
+    final = wait_final(chaos.url, submit(chaos.url, scene_png(3, fault="sleep:30@preprocess"))["id"])
+    assert final["status"] == "failed" and final["error"]["code"] == "timeout"
+    assert time.monotonic() - t0 < 15  # the 4 s soft limit, not the 30 s sleep
+    run_ok(chaos.url)
+
+
+def test_hard_time_limit_replaces_the_process_and_fails_the_job_with_timeout(chaos):
+    final = wait_final(chaos.url, submit(chaos.url, scene_png(4, fault="hang:30@preprocess"))["id"])
+    assert final["status"] == "failed" and final["error"]["code"] == "timeout"
+    assert "hard time limit" in final["error"]["message"]
+    run_ok(chaos.url)
+
+
+def test_a_poison_job_stops_after_max_deliveries_and_blocks_nothing(chaos):
+    poison = submit(chaos.url, scene_png(5, fault="kill@inference"))["id"]
+    healthy = [submit(chaos.url, scene_png(50 + i))["id"] for i in range(3)]
+    final = wait_final(chaos.url, poison, timeout=120)
+    assert final["status"] == "failed" and final["error"]["code"] == "poison_job", final
+    assert "died 3 times" in final["error"]["message"] and final["attempts"] == 4
+    assert [wait_final(chaos.url, h)["status"] for h in healthy] == ["succeeded"] * 3
+
+
+def test_cancel_a_queued_job_and_a_running_one(chaos):
+    busy = [submit(chaos.url, scene_png(60 + i, fault="sleep:2.5@preprocess"))["id"] for i in range(2)]
+    wait_until(lambda: all(job(chaos.url, b)["status"] == "running" for b in busy), 20, "both workers busy")
+    queued = submit(chaos.url, scene_png(62))["id"]
+    r = httpx.delete(f"{chaos.url}/v1/jobs/{queued}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    r = httpx.delete(f"{chaos.url}/v1/jobs/{busy[0]}")
+    assert r.status_code == 202 and r.json()["cancel_requested"] is True and r.json()["status"] == "running"
+    running = wait_final(chaos.url, busy[0])
+    assert running["status"] == "cancelled" and running["error"]["code"] == "cancelled"
+    assert wait_final(chaos.url, busy[1])["status"] == "succeeded"
+    time.sleep(1.0)
+    never = job(chaos.url, queued)
+    assert never["status"] == "cancelled" and never["started_at"] is None and never["attempts"] == 0
+    assert httpx.get(f"{chaos.url}/v1/jobs/{queued}/artifacts/mask").status_code == 409
+    assert httpx.delete(f"{chaos.url}/v1/jobs/{busy[1]}").status_code == 409  # already finished
+
+
+def test_priorities_are_honoured_by_the_workers(chaos):
+    busy = [submit(chaos.url, scene_png(70 + i, fault="sleep:2@preprocess"))["id"] for i in range(2)]
+    wait_until(lambda: all(job(chaos.url, b)["status"] == "running" for b in busy), 20, "both workers busy")
+    order = ["low", "low", "normal", "normal", "high", "high"]
+    ids = [submit(chaos.url, scene_png(80 + i), priority=p)["id"] for i, p in enumerate(order)]
+    positions = [job(chaos.url, i)["position"] for i in ids]
+    assert positions == [4, 5, 2, 3, 0, 1]  # highs first, submit order within a priority
+    finals = [wait_final(chaos.url, i) for i in ids]
+    started = [f["started_at"] for f in finals]
+    by_start = [order[i] for i in sorted(range(6), key=lambda i: started[i])]
+    assert by_start == ["high", "high", "normal", "normal", "low", "low"]
+
+
+def test_celery_refuses_a_pickle_message_and_runs_nothing(chaos, redis_url):
+    keys = Keys(chaos.prefix)
+    store = JobStore(redis.Redis.from_url(redis_url), keys, 60, 60)
+    bait = uuid.uuid4().hex  # a queued job with no token: any task that ran would claim it
+    spec = JobSpec(model="shapes", model_version="1", image=ImageInfo(format="PNG", width=96, height=96, bytes=1))
+    store.create(bait, spec, keys.celery_queue("shapes"), scene_png(90))
+    marker = Path(f"/tmp/segcam-pickle-{uuid.uuid4().hex}")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    queue = Queue(
+        keys.celery_queue("shapes"), Exchange(keys.celery_queue("shapes"), "direct"), keys.celery_queue("shapes")
+    )
+    with Connection(redis_url) as conn:
+        Producer(conn).publish(
+            ((), {"model": "shapes", "job_id": Evil()}, {}),
+            serializer="pickle", exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue],
+            headers={"task": "segcam.segment", "id": uuid.uuid4().hex, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+        )  # fmt: skip
+    time.sleep(3)
+    assert not marker.exists()
+    assert store.get(bait).status.value == "queued"  # the pickled task never ran
+    logs = "".join(p.read_text(errors="replace") for p in chaos.log_dir.glob("w*.log"))
+    assert "ContentDisallowed" in logs or "disallowed" in logs.lower()
+    store.cancel(bait, keys.celery_queue("shapes"))
+    run_ok(chaos.url)
+
+
+def test_pool_children_killed_repeatedly_with_fifty_jobs_in_flight_lose_nothing(chaos):
+    ids: list[str] = []
+    stop = threading.Event()
+    kills: list[int] = []
+
+    def killer() -> None:
+        seen: dict[int, float] = {}
+        rng = random.Random(0)
+        while not stop.is_set():
+            time.sleep(rng.uniform(0.4, 0.8))
+            for main in chaos.workers.values():
+                for pid in children(main.pid):
+                    first = seen.setdefault(pid, time.monotonic())
+                    if time.monotonic() - first > 1.2 and rng.random() < 0.7:  # let a new child finish its rerun
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                            kills.append(pid)
+                        except ProcessLookupError:
+                            pass
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            ids = list(
+                pool.map(lambda i: submit(chaos.url, scene_png(100 + i, fault="sleep:0.25@inference"))["id"], range(50))
+            )
+        finals = [wait_final(chaos.url, i, timeout=240) for i in ids]
+    finally:
+        stop.set()
+        t.join()
+    attempts = sum(f["attempts"] for f in finals)
+    print(f"\n50 jobs, {len(kills)} pool children killed, {attempts} executions, all succeeded once")
+    assert len(kills) >= 3
+    assert [f["status"] for f in finals] == ["succeeded"] * 50, [
+        f.get("error") for f in finals if f["status"] != "succeeded"
+    ]
+    assert sum(f["attempts"] for f in finals) > 50  # some jobs were running when their process died
+    assert len({f["id"] for f in finals}) == 50
+
+
+def test_whole_worker_killed_its_job_comes_back_and_completes_on_another_worker(chaos):
+    jid = submit(chaos.url, scene_png(200, fault="sleep:3@preprocess"))["id"]
+    wait_until(lambda: job(chaos.url, jid)["status"] == "running", 20, "job running")
+    store = JobStore(redis.Redis.from_url(chaos.env["SEGCAM_REDIS_URL"]), Keys(chaos.prefix), 60, 60)
+    victim_name = store.get(jid).worker
+    victim = chaos.workers[victim_name]
+    killed_at = time.monotonic()
+    os.killpg(victim.pid, signal.SIGKILL)  # the main process and its pool child at once
+    final = wait_final(chaos.url, jid, timeout=60)
+    took = time.monotonic() - killed_at
+    print(f"\nworker {victim_name} killed; job completed on another worker {took:.1f}s later (visibility 8 s)")
+    assert final["status"] == "succeeded" and final["attempts"] == 2
+    assert store.get(jid).worker != victim_name
+    assert took < 8 + 1 + 10, f"came back after {took:.1f}s (visibility timeout 8 s)"

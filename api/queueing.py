@@ -80,4 +80,6 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         raise ApiError(
             503, "queue_unavailable", "the job queue is unreachable; retry shortly", {"Retry-After": "5"}
         ) from None
+    if spec.variant is not None:
+        svc.redis.hincrby(svc.keys.variants(spec.model), spec.variant, 1)
     return Enqueued(job_id=job_id, position=created.position)

@@ -13,11 +13,12 @@ from fastapi import Depends, Request
 
 from api.deps import Services, services
 from api.errors import ApiError
+from shared import traffic
 from shared.imaging import ImageRejected, inspect
 from shared.model_store import ModelManifest, ModelNotFound
 from shared.schemas import JobSpec, Method, Priority
 
-FORM_FIELDS = ("image", "model", "target_class", "method", "priority")
+FORM_FIELDS = ("image", "model", "target_class", "method", "priority", "routing_key")
 METHOD_NAMES = ", ".join(m.value for m in Method)
 
 
@@ -38,10 +39,16 @@ async def checked_form(request: Request, svc: Services = Depends(services)) -> N
             )
 
 
-def resolve_model(svc: Services, ref: str | None) -> ModelManifest:
+def resolve_model(svc: Services, ref: str | None, routing_key: str | None = None) -> tuple[ModelManifest, str | None]:
+    """The version to run and, when the model's traffic table chose it, the variant."""
     ref = (ref or "").strip() or svc.settings.default_model
     try:
-        return svc.models.resolve(ref)
+        name, _, tag = ref.partition(":")
+        if not tag and (table := svc.models.traffic(name)):
+            variant = traffic.pick(table, routing_key)
+            if variant is not None:
+                return svc.models.resolve(f"{name}:{variant}"), variant
+        return svc.models.resolve(ref), None
     except ModelNotFound as e:
         known = ", ".join(svc.models.names()) or "none"
         raise ApiError(422, "unknown_model", f"{e}; available models: {known}") from None
@@ -79,11 +86,12 @@ def build_spec(
     target_class: str | None,
     method: str | None,
     priority: str | None = None,
+    routing_key: str | None = None,
 ) -> JobSpec:
     s = svc.settings
     m = resolve_method(method, s.default_method)
     p = resolve_priority(priority)
-    manifest = resolve_model(svc, model)
+    manifest, variant = resolve_model(svc, model, routing_key)
     class_id = resolve_class(manifest, target_class)
     if len(data) > s.max_upload_bytes:
         raise ApiError(413, "upload_too_large", f"the upload exceeds {s.max_upload_bytes} bytes")
@@ -97,6 +105,7 @@ def build_spec(
         method=m,
         target_class=class_id,
         priority=p,
+        variant=variant,
         image=image,
     )
 

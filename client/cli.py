@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", help="use a running API instead of starting a local stack")
     demo.set_defaults(func=cmd_demo)
 
+    from client import models_cli
+
+    models_cli.add_parser(sub)
+
     hk = sub.add_parser("hash-key", help="print the sha256 of an API key, for SEGCAM_API_KEY_HASHES")
     hk.add_argument("key")
     hk.set_defaults(func=cmd_hash_key)
@@ -99,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "models":
+        from client import models_cli
+
+        return models_cli.run(args)
     return args.func(args)
 
 

@@ -48,6 +48,10 @@ class Keys:
         """Counter: submissions of one API key in one rate-limit window."""
         return f"{self.prefix}:rate:{owner}:{window}"
 
+    def variants(self, model: str) -> str:
+        """Hash: jobs routed to each A/B variant of a model."""
+        return f"{self.prefix}:variants:{model}"
+
     def sequence(self) -> str:
         """Counter: a global enqueue sequence, the score in ``queued``."""
         return f"{self.prefix}:seq"

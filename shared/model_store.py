@@ -13,8 +13,12 @@ against a strict pattern so no request can reach a path outside the store.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +27,32 @@ from pydantic import BaseModel, Field
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 DEFAULT_ALIASES = ("production", "latest")
 
 
 class ModelNotFound(LookupError):
     pass
+
+
+class StoreError(ValueError):
+    """A change the store refuses: overwriting a version, deleting one still in use, ..."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 class Normalization(BaseModel):
@@ -96,6 +121,91 @@ class ModelStore:
         f = self._model_dir(name) / "aliases.json"
         return json.loads(f.read_text()) if f.is_file() else {}
 
+    def traffic(self, name: str) -> dict[str, int]:
+        """The A/B table for jobs that name the model without a version: {alias or version: weight}."""
+        f = self._model_dir(name) / "traffic.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def default_version(self, name: str) -> str:
+        aliases = self.aliases(name)
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model '{name}' has no versions")
+        return next((aliases[a] for a in DEFAULT_ALIASES if a in aliases), versions[-1])
+
+    # --- changes (the admin CLI; the gateway and workers only read) ---
+
+    def add_version(
+        self, manifest: ModelManifest, weights: Path, extra_files: dict[str, str] | None = None
+    ) -> ModelManifest:
+        """Copy weights in and write the manifest, as one rename: a version appears whole or not at all,
+        and an existing version is never overwritten."""
+        if not NAME_RE.match(manifest.name) or not VERSION_RE.match(manifest.version):
+            raise StoreError(f"invalid model name or version: {manifest.ref}")
+        model_dir = self.root / manifest.name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        final = model_dir / manifest.version
+        if final.exists():
+            raise StoreError(f"{manifest.ref} already exists; versions are immutable, import under a new version")
+        staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".import-{manifest.version}-"))
+        try:
+            shutil.copyfile(weights, staging / manifest.weights_file)
+            manifest = manifest.model_copy(update={"sha256": sha256_file(staging / manifest.weights_file)})
+            (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+            for fname, text in (extra_files or {}).items():
+                (staging / fname).write_text(text)
+            os.rename(staging, final)  # fails if the version appeared meanwhile
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest
+
+    def next_version(self, name: str) -> str:
+        try:
+            numeric = [int(v) for v in self.versions(name) if v.isdigit()]
+        except ModelNotFound:
+            numeric = []
+        return str(max(numeric, default=0) + 1)
+
+    def set_alias(self, name: str, version: str, alias: str) -> None:
+        if not ALIAS_RE.match(alias):
+            raise StoreError(
+                f"invalid alias '{alias[:40]}': lowercase letters, digits, '-' and '_', starting with a letter"
+            )
+        versions = self.versions(name)
+        if alias in versions:
+            raise StoreError(f"'{alias}' is a version of {name}; an alias cannot shadow it")
+        if version not in versions:
+            raise StoreError(f"model '{name}' has no version '{version}'")
+        aliases = self.aliases(name)
+        aliases[alias] = version
+        _write_json_atomic(self._model_dir(name) / "aliases.json", aliases)
+
+    def set_traffic(self, name: str, table: dict[str, int]) -> None:
+        aliases, versions = self.aliases(name), self.versions(name)
+        for key, weight in table.items():
+            if key not in aliases and key not in versions:
+                raise StoreError(f"traffic key '{key}' is neither an alias nor a version of {name}")
+            if not isinstance(weight, int) or weight < 0:
+                raise StoreError(f"traffic weight for '{key}' must be a non-negative integer")
+        path = self._model_dir(name) / "traffic.json"
+        if not table or sum(table.values()) == 0:
+            path.unlink(missing_ok=True)
+            return
+        _write_json_atomic(path, table)
+
+    def delete_version(self, name: str, version: str) -> None:
+        if version not in self.versions(name):
+            raise StoreError(f"model '{name}' has no version '{version}'")
+        pointing = sorted(a for a, v in self.aliases(name).items() if v == version)
+        if pointing:
+            raise StoreError(
+                f"{name}:{version} is still the target of alias(es) {', '.join(pointing)}; move them first"
+            )
+        if version in self.traffic(name):
+            raise StoreError(f"{name}:{version} still receives traffic; change the traffic table first")
+        shutil.rmtree(self._model_dir(name) / version)
+
     def resolve(self, ref: str) -> ModelManifest:
         """``name``, ``name:version`` or ``name:alias`` to a manifest; raises ModelNotFound."""
         name, _, tag = ref.partition(":")
@@ -103,8 +213,7 @@ class ModelStore:
         if not versions:
             raise ModelNotFound(f"model '{name}' has no versions")
         aliases = self.aliases(name)
-        if not tag:
-            tag = next((aliases[a] for a in DEFAULT_ALIASES if a in aliases), versions[-1])
+        tag = tag or self.default_version(name)
         version = aliases.get(tag, tag)
         if version not in versions:
             raise ModelNotFound(f"model '{name}' has no version or alias '{tag[:64]}'")

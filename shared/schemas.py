@@ -79,6 +79,7 @@ class JobSpec(BaseModel):
         None, description="Class index to explain; null: the largest predicted non-background class."
     )
     priority: Priority = Priority.normal
+    variant: str | None = Field(None, description="The traffic-table entry (alias or version) that chose the version.")
     image: ImageInfo
 
 
@@ -129,6 +130,24 @@ class ImageSize(BaseModel):
     height: int
 
 
+class Reproduction(BaseModel):
+    """Everything needed to recompute this result exactly from the image and the model store."""
+
+    architecture: str
+    format: str
+    input_size: tuple[int, int]
+    resize: str = Field(description="How the image was brought to input_size.")
+    normalization: dict[str, tuple[float, float, float]]
+    decode: str = Field(description="How the upload became RGB.")
+    method: Method
+    target_layer: str
+    target: str = Field(description="The score whose gradient Grad-CAM uses.")
+    requested_class: int | None
+    variant: str | None = None
+    device: str
+    software: dict[str, str]
+
+
 class JobResult(BaseModel):
     model: ModelRef
     image: ImageSize
@@ -136,6 +155,7 @@ class JobResult(BaseModel):
     explanation: Explanation
     timings_ms: Timings
     batch_size: int = Field(1, description="How many jobs shared this job's forward and backward pass.")
+    reproduce: Reproduction | None = None
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URL.")
 
 
@@ -151,6 +171,7 @@ class JobView(BaseModel):
     method: Method
     target_class: int | None
     priority: Priority = Priority.normal
+    variant: str | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -158,6 +179,7 @@ class JobView(BaseModel):
     stage: str | None = Field(None, description="While running: preprocess, inference, cam or encode.")
     cancel_requested: bool = Field(False, description="A cancellation was asked for while it was running.")
     attempts: int = Field(0, description="How many times a worker started it (more than 1 after a crash).")
+    worker: str | None = Field(None, description="The worker that ran (or runs) it.")
     error: ErrorInfo | None = None
     result: JobResult | None = None
 
@@ -178,6 +200,16 @@ class ModelInfo(BaseModel):
     target_layer: str
     sha256: str
     workers: list[str] = Field(default_factory=list, description="Live workers serving this model.")
+
+
+class ModelDetail(BaseModel):
+    name: str
+    default_version: str
+    versions: list[ModelInfo]
+    aliases: dict[str, str]
+    traffic: dict[str, int] = Field(description="A/B weights for jobs that name no version.")
+    submitted_by_variant: dict[str, int] = Field(description="Jobs routed to each traffic variant so far.")
+    workers: list[str]
 
 
 class ModelList(BaseModel):

@@ -95,6 +95,7 @@ def explain(
     method: Method,
     clock,
     on_forward=None,
+    input_grad: bool = False,
 ) -> CamOutput:
     """Run one forward (+ one backward) for the batch ``x``.
 
@@ -110,6 +111,8 @@ def explain(
         if on_forward is not None:
             on_forward()
 
+    if input_grad:  # TorchScript: the graph has to start at the input
+        x = x.detach().requires_grad_(True)
     started = clock()
     handle = module.register_forward_hook(after_forward)
     try:

@@ -8,7 +8,6 @@ reload on every job, and never holds more than ``capacity`` of them.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shared.model_store import ModelManifest, ModelStore
+from shared.model_store import ModelManifest, ModelStore, sha256_file
 from worker.archs.registry import build, find_layer
 
 
@@ -34,14 +33,29 @@ class LoadedModel:
     device: torch.device
     mean: torch.Tensor  # (1, 3, 1, 1) on device
     std: torch.Tensor
+    needs_input_grad: bool = False  # TorchScript: gradients must flow from the input
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class ScriptedSegmenter(nn.Module):
+    """A TorchScript model behind the same interface as the others.
+
+    Hooks cannot be attached inside a loaded ScriptModule, so segcam's convention is that a
+    TorchScript segmenter returns ``(logits, target_activation)``; the activation passes
+    through ``tap``, where Grad-CAM's hooks see it and its gradient.
+    """
+
+    def __init__(self, scripted: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.scripted = scripted
+        self.tap = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.scripted(x)
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise ModelLoadError("a TorchScript segmenter must return (logits, target_activation)")
+        logits, activation = out
+        self.tap(activation)
+        return logits
 
 
 def _grad_from_target_layer(module: nn.Module, args, output):
@@ -57,6 +71,7 @@ def _grad_from_target_layer(module: nn.Module, args, output):
 
 
 def load_model(store: ModelStore, manifest: ModelManifest, device: torch.device) -> LoadedModel:
+    """Verify the weights against the manifest's sha256, then build the model from them."""
     path = store.weights_path(manifest)
     if not path.is_file():
         raise ModelLoadError(f"{manifest.ref}: weights file {path.name} is missing")
@@ -66,18 +81,30 @@ def load_model(store: ModelStore, manifest: ModelManifest, device: torch.device)
             f"{manifest.ref}: weights sha256 {digest[:12]}... does not match the manifest's "
             f"{manifest.sha256[:12]}...; refusing to load"
         )
+    return build_from_file(manifest, path, device)
+
+
+def build_from_file(manifest: ModelManifest, path: Path, device: torch.device) -> LoadedModel:
     num_classes = len(manifest.labels)
+    needs_input_grad = False
     if manifest.format == "state_dict":
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ModelLoadError(f"{manifest.ref}: {path.name} is not a state_dict")
         module, default_layer = build(manifest.architecture, num_classes, state, **manifest.arch_kwargs)
+    elif manifest.format == "torchscript":
+        module, default_layer, needs_input_grad = (
+            ScriptedSegmenter(torch.jit.load(path, map_location="cpu")),
+            "tap",
+            True,
+        )
     else:
         raise ModelLoadError(f"{manifest.ref}: unsupported weights format '{manifest.format}'")
     layer_name = manifest.target_layer or default_layer
     layer = find_layer(module, layer_name)
     module.eval().requires_grad_(False).to(device)
-    layer.register_forward_hook(_grad_from_target_layer)
+    if not needs_input_grad:
+        layer.register_forward_hook(_grad_from_target_layer)
     norm = manifest.normalization
     return LoadedModel(
         manifest=manifest,
@@ -87,6 +114,7 @@ def load_model(store: ModelStore, manifest: ModelManifest, device: torch.device)
         device=device,
         mean=torch.tensor(norm.mean, device=device).view(1, 3, 1, 1),
         std=torch.tensor(norm.std, device=device).view(1, 3, 1, 1),
+        needs_input_grad=needs_input_grad,
     )
 
 

@@ -87,6 +87,7 @@ class Pipeline:
             method,
             clock=self.clock,
             on_forward=lambda: stage("cam"),
+            input_grad=self.model.needs_input_grad,
         )
         t2 = self.clock()
 

@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.artifacts import ArtifactStore
 from shared.jobs import JobRecord, JobStore
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
-from shared.schemas import ImageSize, JobResult, ModelRef, Timings
+from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
 from worker import faults
 from worker.loader import ModelCache, ModelLoadError
 from worker.pipeline import Item, ItemResult, Pipeline
@@ -51,6 +51,7 @@ class JobRunner:
         self.cache = cache
         self.worker = worker
         self.max_batch_size = max(1, max_batch_size)
+        self.device_name = str(cache.device)
         self.max_deliveries = max_deliveries
         self.fault_injection = fault_injection
 
@@ -147,6 +148,7 @@ class JobRunner:
                 **{k: round(v, 3) for k, v in res.timings_ms.items()},
             ),
             batch_size=batch,
+            reproduce=reproduction(manifest, rec, self.device_name, res.explanation.target_layer),
         )
         if not self.jobs.succeed(rec.id, rec.queue, result):
             log.info("job %s reached a final state elsewhere; this result is dropped", rec.id)
@@ -157,6 +159,41 @@ class JobRunner:
         log.warning("job %s failed: %s: %s", rec.id, code, message)
         self.jobs.fail(rec.id, rec.queue, code, message)
         return "failed"
+
+
+def software_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("segcam", "torch", "torchvision", "grad-cam", "pillow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+_SOFTWARE: dict[str, str] = {}
+
+
+def reproduction(manifest: ModelManifest, rec: JobRecord, device: str, target_layer: str) -> Reproduction:
+    if not _SOFTWARE:
+        _SOFTWARE.update(software_versions())
+    return Reproduction(
+        architecture=manifest.architecture,
+        format=manifest.format,
+        input_size=manifest.input_size,
+        resize="bilinear (Pillow) to input_size, aspect ratio not kept; outputs resized back bilinearly",
+        normalization={"mean": manifest.normalization.mean, "std": manifest.normalization.std},
+        decode="first frame, EXIF orientation applied, 16-bit scaled to 8-bit, alpha composited on white, RGB",
+        method=rec.spec.method,
+        target_layer=target_layer,
+        target="sum of the class's logits over the pixels predicted as that class (one forward pass)",
+        requested_class=rec.spec.target_class,
+        variant=rec.spec.variant,
+        device=device,
+        software=dict(_SOFTWARE),
+    )
 
 
 class StageHook:

@@ -42,6 +42,7 @@ def view(svc: Services, rec: JobRecord) -> JobView:
         method=rec.spec.method,
         target_class=rec.spec.target_class,
         priority=rec.spec.priority,
+        variant=rec.spec.variant,
         created_at=_ts(rec.created_at),
         started_at=_ts(rec.started_at),
         finished_at=_ts(rec.finished_at),
@@ -49,6 +50,7 @@ def view(svc: Services, rec: JobRecord) -> JobView:
         stage=rec.stage if rec.status is JobStatus.running else None,
         cancel_requested=rec.cancel_requested,
         attempts=rec.deliveries,
+        worker=rec.worker,
         error=rec.error,
         result=result,
     )
@@ -83,6 +85,9 @@ def submit(
     priority: str | None = Form(
         None, description="high, normal (default) or low.", json_schema_extra={"enum": [p.value for p in Priority]}
     ),
+    routing_key: str | None = Form(
+        None, description="Pins the A/B variant: jobs with the same key run the same model version."
+    ),
     idempotency_key: str | None = Header(
         None, max_length=255, description="Repeat a submission safely: the same key returns the same job."
     ),
@@ -91,7 +96,8 @@ def submit(
 ) -> JSONResponse:
     enforce_rate_limit(svc, who)
     data = image.file.read(svc.settings.max_upload_bytes + 1)
-    spec = build_spec(svc, data, model, target_class, method, priority)
+    routing = routing_key or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
+    spec = build_spec(svc, data, model, target_class, method, priority, routing)
     out = enqueue(svc, spec, data, who, idempotency_key)
     url = job_url(svc, out.job_id)
     if out.replayed:

@@ -97,3 +97,15 @@ def test_gateway_installs_without_torch_and_the_worker_extra_pins_it():
     worker = project["optional-dependencies"]["worker"]
     assert "torch==2.14.1" in worker and "torchvision==0.29.1" in worker
     assert any(d.startswith("grad-cam") for d in worker)
+
+
+def test_worker_image_can_bake_pretrained_weights_with_the_tested_import_path():
+    text = (ROOT / "Dockerfile.worker").read_text()
+    assert 'ARG PRETRAINED_ARCH=""' in text
+    assert 'python -m worker.pretrained "${PRETRAINED_ARCH}"' in text
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.pretrained", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for arch in ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "fcn_resnet50", "lraspp_mobilenet_v3_large"):
+        assert arch in out.stdout

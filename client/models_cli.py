@@ -1,0 +1,141 @@
+"""``segcam models ...``: manage the model store on disk (SEGCAM_MODEL_DIR or --store)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.model_store import ModelNotFound, ModelStore, Normalization, StoreError
+
+
+def _store(args: argparse.Namespace) -> ModelStore:
+    from shared.settings import get_settings
+
+    return ModelStore(Path(args.store) if args.store else get_settings().model_dir)
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def _floats(text: str) -> tuple[float, float, float]:
+    vals = tuple(float(v) for v in text.split(","))
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError("expected three comma-separated numbers")
+    return vals
+
+
+def cmd_list(args) -> int:
+    store = _store(args)
+    print(f"{'name':24} {'default':8} {'versions':20} aliases")
+    for name in store.names():
+        aliases = ", ".join(f"{a}->{v}" for a, v in sorted(store.aliases(name).items()))
+        traffic = store.traffic(name)
+        extra = f"  traffic {json.dumps(traffic)}" if traffic else ""
+        print(f"{name:24} {store.default_version(name):8} {','.join(store.versions(name)):20} {aliases}{extra}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    store = _store(args)
+    m = store.resolve(args.ref)
+    print(m.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from worker.model_import import import_model, read_labels
+
+    meta = dict(kv.split("=", 1) for kv in args.meta)
+    norm = Normalization(mean=args.mean, std=args.std) if args.mean and args.std else None
+    m = import_model(
+        _store(args),
+        Path(args.weights),
+        name=args.name,
+        architecture=args.arch,
+        labels=read_labels(Path(args.labels)),
+        version=args.version,
+        fmt=args.format,
+        input_size=_size(args.input_size) if args.input_size else None,
+        normalization=norm,
+        target_layer=args.target_layer,
+        metadata=meta,
+    )
+    print(f"imported {m.ref} ({m.architecture}, {m.format}, {len(m.labels)} labels) sha256 {m.sha256}")
+    return 0
+
+
+def cmd_alias(args) -> int:
+    _store(args).set_alias(args.name, args.version, args.alias)
+    print(f"{args.name}:{args.alias} -> {args.version}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    name, _, version = args.ref.partition(":")
+    if not version:
+        raise StoreError("give the version to delete as NAME:VERSION")
+    _store(args).delete_version(name, version)
+    print(f"deleted {name}:{version}")
+    return 0
+
+
+def cmd_traffic(args) -> int:
+    table = {}
+    for kv in args.split:
+        key, _, weight = kv.partition("=")
+        table[key] = int(weight)
+    _store(args).set_traffic(args.name, table)
+    print(f"{args.name}: {json.dumps(table) if table else 'no split (default version only)'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    models = sub.add_parser("models", help="manage the model store (import, list, show, alias, delete, traffic)")
+    models.add_argument("--store", help="model store directory (default: SEGCAM_MODEL_DIR)")
+    msub = models.add_subparsers(dest="models_command", required=True)
+
+    msub.add_parser("list", help="models, versions, aliases").set_defaults(func=cmd_list)
+    show = msub.add_parser("show", help="a version's manifest: NAME, NAME:VERSION or NAME:ALIAS")
+    show.add_argument("ref")
+    show.set_defaults(func=cmd_show)
+
+    imp = msub.add_parser("import", help="add a new immutable version")
+    imp.add_argument("weights")
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--arch", required=True, help="torchvision architecture, shapes_unet, or torchscript")
+    imp.add_argument("--labels", required=True, help="file: one label per line, or a JSON list")
+    imp.add_argument("--version")
+    imp.add_argument("--format", choices=["state_dict", "torchscript"], help="default: detected")
+    imp.add_argument("--input-size", help="HxW or N (default per architecture)")
+    imp.add_argument("--mean", type=_floats)
+    imp.add_argument("--std", type=_floats)
+    imp.add_argument("--target-layer")
+    imp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    imp.set_defaults(func=cmd_import)
+
+    alias = msub.add_parser("alias", help="point NAME:ALIAS at VERSION")
+    alias.add_argument("name")
+    alias.add_argument("version")
+    alias.add_argument("alias")
+    alias.set_defaults(func=cmd_alias)
+
+    delete = msub.add_parser("delete", help="delete NAME:VERSION (refused while an alias points at it)")
+    delete.add_argument("ref")
+    delete.set_defaults(func=cmd_delete)
+
+    tr = msub.add_parser("traffic", help="A/B split for jobs naming no version, e.g. production=90 candidate=10")
+    tr.add_argument("name")
+    tr.add_argument("split", nargs="*", metavar="ALIAS_OR_VERSION=WEIGHT")
+    tr.set_defaults(func=cmd_traffic)
+
+
+def run(args) -> int:
+    try:
+        return args.func(args)
+    except (StoreError, ModelNotFound, FileNotFoundError) as e:
+        print(f"segcam models: {e}", file=sys.stderr)
+        return 2

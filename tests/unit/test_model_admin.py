@@ -1,0 +1,158 @@
+"""The model store's write side: import (state_dict, TorchScript, demo arch, pretrained bake),
+immutability, aliases, deletion rules, traffic tables, and the `segcam models` CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from shared.model_store import ModelStore, StoreError
+from shared.schemas import Method
+from tests.conftest import ROOT
+from training.shapes import held_out
+from worker.archs.registry import build
+from worker.archs.shapes_unet import ShapesUNet
+from worker.loader import load_model
+from worker.model_import import import_model
+from worker.pipeline import Item, Pipeline
+from worker.pretrained import bake
+
+DEMO = ROOT / "models" / "store" / "shapes" / "1"
+LABELS = ["background", "circle", "square", "triangle"]
+
+
+@pytest.fixture
+def store(tmp_path) -> ModelStore:
+    return ModelStore(tmp_path / "store")
+
+
+def demo_import(store: ModelStore, **kw):
+    kw.setdefault("labels", LABELS)
+    return import_model(store, DEMO / "weights.pt", name="shapes", architecture="shapes_unet",
+                        arch_kwargs={"width": 16}, target_layer="dec1", **kw)  # fmt: skip
+
+
+def png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_import_writes_a_complete_manifest_and_moves_latest(store):
+    m1 = demo_import(store, metadata={"miou": "0.96", "dataset": "shapes"})
+    assert (m1.name, m1.version, m1.architecture, m1.format) == ("shapes", "1", "shapes_unet", "state_dict")
+    assert m1.labels == LABELS and m1.input_size == (96, 96) and m1.target_layer == "dec1"
+    assert m1.normalization.mean == (0.5, 0.5, 0.5) and m1.created_at is not None
+    assert m1.sha256 == json.loads((DEMO / "manifest.json").read_text())["sha256"]
+    assert m1.metadata == {"miou": "0.96", "dataset": "shapes"}
+    m2 = demo_import(store)
+    assert m2.version == "2" and store.aliases("shapes") == {"latest": "2"}
+    assert store.resolve("shapes").version == "2" and store.resolve("shapes:1").version == "1"
+
+
+def test_versions_are_immutable(store):
+    demo_import(store, version="7")
+    with pytest.raises(StoreError, match="immutable"):
+        demo_import(store, version="7")
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused_at_import(store):
+    with pytest.raises(StoreError, match="do not load"):
+        import_model(store, DEMO / "weights.pt", name="bad", architecture="deeplabv3_mobilenet_v3_large", labels=LABELS)
+    with pytest.raises(StoreError, match="do not load"):
+        demo_import(store, labels=[*LABELS, "hexagon"])  # 5 labels, 4 output channels
+    assert not any(store.root.glob("*/*/manifest.json"))  # nothing half-imported
+
+
+def test_aliases_deletion_and_traffic_rules(store):
+    demo_import(store)
+    demo_import(store)
+    store.set_alias("shapes", "1", "production")
+    with pytest.raises(StoreError, match="alias"):
+        store.delete_version("shapes", "1")
+    with pytest.raises(StoreError):
+        store.set_alias("shapes", "9", "candidate")  # no such version
+    with pytest.raises(StoreError):
+        store.set_alias("shapes", "1", "2")  # would shadow a version
+    store.set_alias("shapes", "2", "candidate")
+    store.set_traffic("shapes", {"production": 90, "candidate": 10})
+    with pytest.raises(StoreError):
+        store.set_traffic("shapes", {"nope": 1})
+    store.set_alias("shapes", "2", "production")
+    store.set_alias("shapes", "2", "latest")
+    store.set_traffic("shapes", {})
+    store.delete_version("shapes", "1")
+    assert store.versions("shapes") == ["2"]
+
+
+def test_torchscript_model_is_explained_like_the_eager_one(store, tmp_path):
+    class Exported(ShapesUNet):
+        def forward(self, x):  # logits and the target activation, segcam's TorchScript convention
+            e1 = self.enc1(x)
+            e2 = self.enc2(self.pool(e1))
+            e3 = self.enc3(self.pool(e2))
+            b = self.bottleneck(self.pool(e3))
+            d3 = self.dec3(torch.cat([self.up3(b), e3], 1))
+            d2 = self.dec2(torch.cat([self.up2(d3), e2], 1))
+            d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+            return self.head(d1), d1
+
+    net = Exported(4, 16)
+    net.load_state_dict(torch.load(DEMO / "weights.pt", weights_only=True))
+    ts_path = tmp_path / "model.ts"
+    torch.jit.save(torch.jit.script(net.eval()), ts_path)
+    m = import_model(store, ts_path, name="shapes-ts", architecture="ignored", labels=LABELS,
+                     input_size=(96, 96), normalization=demo_import(store).normalization)  # fmt: skip
+    assert m.format == "torchscript" and m.architecture == "torchscript"
+    ts_model = load_model(store, m, torch.device("cpu"))
+    eager = load_model(store, store.resolve("shapes"), torch.device("cpu"))
+    for s in held_out(3):
+        a = Pipeline(ts_model).run([Item("x", png(s.image))], Method.gradcam)[0]
+        b = Pipeline(eager).run([Item("x", png(s.image))], Method.gradcam)[0]
+        assert a.explanation.class_id == b.explanation.class_id
+        assert np.abs(a.cam - b.cam).max() <= 1e-4 and np.array_equal(a.labels, b.labels)
+
+
+def test_pretrained_bake_uses_the_import_path_with_torchvision_metadata(store):
+    torch.manual_seed(0)
+    local = build("deeplabv3_mobilenet_v3_large", 21)[0].net.state_dict()  # stands in for the download
+    m = bake("deeplabv3_mobilenet_v3_large", store, state=local)
+    assert m.name == "deeplabv3-mobilenet-v3-large" and m.labels[:2] == ["__background__", "aeroplane"]
+    assert len(m.labels) == 21 and m.input_size == (520, 520)
+    assert m.normalization.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert "download.pytorch.org" in m.metadata["source"]
+    assert store.aliases(m.name) == {"latest": "1", "production": "1"}
+    loaded = load_model(store, m, torch.device("cpu"))
+    assert loaded.target_layer_name == "backbone.16"
+
+
+def test_segcam_models_cli_round_trip(tmp_path):
+    store = tmp_path / "store"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "client.cli", "models", "--store", str(store), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    weights = tmp_path / "w.pt"
+    shutil.copy(DEMO / "weights.pt", weights)
+    imp = cli("import", str(weights), "--name", "demo", "--arch", "shapes_unet", "--labels", str(labels),
+              "--target-layer", "dec1", "--meta", "trained_by=ci")  # fmt: skip
+    assert imp.returncode == 0 and "imported demo:1" in imp.stdout, imp.stderr
+    assert cli("import", str(weights), "--name", "demo", "--arch", "shapes_unet", "--labels", str(labels),
+               "--version", "1").returncode == 2  # fmt: skip
+    assert cli("alias", "demo", "1", "production").returncode == 0
+    assert "production->1" in cli("list").stdout
+    shown = json.loads(cli("show", "demo:production").stdout)
+    assert shown["metadata"] == {"trained_by": "ci"} and shown["version"] == "1"
+    refused = cli("delete", "demo:1")
+    assert refused.returncode == 2 and "alias" in refused.stderr
+    assert cli("traffic", "demo", "production=100").returncode == 0

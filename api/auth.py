@@ -69,6 +69,7 @@ def enforce_rate_limit(svc: Services, who: Principal) -> None:
     pipe.expire(key, 120)
     count = pipe.execute()[0]
     if count > limit:
+        svc.redis.hincrby(svc.keys.metrics(), "rejected|rate_limited|*", 1)
         retry = max(1, math.ceil((window + 1) * 60 - now))
         raise ApiError(
             429,

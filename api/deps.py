@@ -45,3 +45,7 @@ class Services:
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def event_hub(request: Request):
+    return request.app.state.events

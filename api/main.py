@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.deps import Services
+from api.events import EventHub
 from api.limits import BodySizeLimit
-from api.routes import health, jobs, models
+from api.routes import health, jobs, metrics, models
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = (
@@ -41,17 +44,26 @@ def _openapi(app: FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.events = EventHub(settings)
+        yield
+        await app.state.events.close()
+
     app = FastAPI(
         title="segcam",
         version="1.0.0",
         summary="Asynchronous image segmentation with Grad-CAM explanations",
         description=DESCRIPTION,
+        lifespan=lifespan,
     )
     app.state.services = Services.build(settings)
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.openapi = lambda: _openapi(app)
     return app

@@ -54,6 +54,7 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         fingerprint=fingerprint(spec, data) if idempotency_key else "",
     )
     if created.full:
+        svc.redis.hincrby(svc.keys.metrics(), f"rejected|queue_full|{spec.model}", 1)
         retry = retry_after_s(created.position or s.max_queue_depth, s.max_queue_depth, svc.jobs.drain_rate(queue))
         raise ApiError(
             429,
@@ -80,6 +81,9 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         raise ApiError(
             503, "queue_unavailable", "the job queue is unreachable; retry shortly", {"Retry-After": "5"}
         ) from None
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.hincrby(svc.keys.metrics(), f"jobs|submitted|{spec.model}", 1)
     if spec.variant is not None:
-        svc.redis.hincrby(svc.keys.variants(spec.model), spec.variant, 1)
+        pipe.hincrby(svc.keys.variants(spec.model), spec.variant, 1)
+    pipe.execute()
     return Enqueued(job_id=job_id, position=created.position)

@@ -13,12 +13,13 @@ from fastapi import Depends, Request
 
 from api.deps import Services, services
 from api.errors import ApiError
-from shared import traffic
+from shared import traffic, webhooks
 from shared.imaging import ImageRejected, inspect
 from shared.model_store import ModelManifest, ModelNotFound
 from shared.schemas import JobSpec, Method, Priority
 
-FORM_FIELDS = ("image", "model", "target_class", "method", "priority", "routing_key")
+FORM_FIELDS = ("image", "model", "target_class", "method", "priority", "routing_key", "callback_url")
+LONG_FIELDS = {"callback_url": 2048}
 METHOD_NAMES = ", ".join(m.value for m in Method)
 
 
@@ -33,10 +34,9 @@ async def checked_form(request: Request, svc: Services = Depends(services)) -> N
         values = form.getlist(key)
         if len(values) > 1:
             raise ApiError(422, "duplicate_field", f"form field '{key}' was sent {len(values)} times")
-        if key != "image" and values and isinstance(values[0], str) and len(values[0]) > svc.settings.max_field_chars:
-            raise ApiError(
-                422, "field_too_long", f"form field '{key}' is longer than {svc.settings.max_field_chars} characters"
-            )
+        limit = LONG_FIELDS.get(key, svc.settings.max_field_chars)
+        if key != "image" and values and isinstance(values[0], str) and len(values[0]) > limit:
+            raise ApiError(422, "field_too_long", f"form field '{key}' is longer than {limit} characters")
 
 
 def resolve_model(svc: Services, ref: str | None, routing_key: str | None = None) -> tuple[ModelManifest, str | None]:
@@ -79,6 +79,19 @@ def resolve_class(manifest: ModelManifest, value: str | None) -> int | None:
         raise ApiError(422, "unknown_class", str(e)) from None
 
 
+def resolve_callback(svc: Services, url: str | None) -> str | None:
+    url = (url or "").strip()
+    if not url:
+        return None
+    if not svc.settings.webhook_secret:
+        raise ApiError(422, "webhooks_disabled", "this deployment has no webhook secret; callback_url is not accepted")
+    try:
+        webhooks.check_url(url, svc.settings.webhook_allow_private, resolve=False)
+    except webhooks.UnsafeTarget as e:
+        raise ApiError(422, "invalid_callback_url", str(e)) from None
+    return url
+
+
 def build_spec(
     svc: Services,
     data: bytes,
@@ -87,12 +100,14 @@ def build_spec(
     method: str | None,
     priority: str | None = None,
     routing_key: str | None = None,
+    callback_url: str | None = None,
 ) -> JobSpec:
     s = svc.settings
     m = resolve_method(method, s.default_method)
     p = resolve_priority(priority)
     manifest, variant = resolve_model(svc, model, routing_key)
     class_id = resolve_class(manifest, target_class)
+    callback = resolve_callback(svc, callback_url)
     if len(data) > s.max_upload_bytes:
         raise ApiError(413, "upload_too_large", f"the upload exceeds {s.max_upload_bytes} bytes")
     try:
@@ -106,6 +121,7 @@ def build_spec(
         target_class=class_id,
         priority=p,
         variant=variant,
+        callback_url=callback,
         image=image,
     )
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import redis
 
+from shared import metrics
 from shared.keys import Keys
-from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus
+from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStatus
 
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
@@ -94,11 +95,13 @@ end
 return out
 """
 
-# KEYS: job, queued zset, upload, completions zset. ARGV: job id, status, now, ttl, field, value.
+# KEYS: job, queued zset, upload, completions zset, metrics hash.
+# ARGV: job id, status, now, ttl, field, value, model.
 _FINISH = f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if {_FINAL_LUA} then return 0 end
+redis.call('HINCRBY', KEYS[5], 'jobs|' .. ARGV[2] .. '|' .. ARGV[7], 1)
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], ARGV[5], ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -110,13 +113,14 @@ end
 return 1
 """
 
-# KEYS: job, queued zset, upload. ARGV: job id, now, ttl, error json.
+# KEYS: job, queued zset, upload, metrics hash. ARGV: job id, now, ttl, error json, model.
 # A queued job is cancelled at once and never runs; a running one is flagged for the worker.
 _CANCEL = f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if {_FINAL_LUA} then return st end
 if st == 'queued' then
+  redis.call('HINCRBY', KEYS[4], 'jobs|cancelled|' .. ARGV[5], 1)
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -153,6 +157,7 @@ class JobRecord:
     owner: str = ""  # API key ID that created it ("" with keys off)
     stage: str | None = None
     cancel_requested: bool = False
+    webhook: WebhookStatus | None = None
     deliveries: int = 0
     error: ErrorInfo | None = None
     result: JobResult | None = None
@@ -178,6 +183,7 @@ class JobRecord:
             owner=s.get("owner", ""),
             stage=s.get("stage") or None,
             cancel_requested=bool(s.get("cancel_requested")),
+            webhook=WebhookStatus.model_validate_json(s["webhook"]) if s.get("webhook") else None,
             deliveries=int(s.get("deliveries", 0)),
             error=ErrorInfo.model_validate_json(s["error"]) if s.get("error") else None,
             result=JobResult.model_validate_json(s["result"]) if s.get("result") else None,
@@ -248,6 +254,8 @@ class JobStore:
             ],
         )
         kind = kind.decode()
+        if kind == "ok":
+            self.notify_queue(queue)  # a high-priority job moves the ones behind it
         if kind == "full":
             return Created(job_id="", full=True, position=int(value))
         if kind == "replay":
@@ -285,12 +293,17 @@ class JobStore:
                 self.claims_ttl_s,
             ],
         )
+        if out:
+            self.notify_queue(queue)  # claimed jobs are running; everyone behind moved up
         return [x.decode() for x in out]
 
     def reclaim(self, token: str, worker: str) -> list[str]:
         """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""
         out = self._reclaim(keys=[self.keys.claims(token)], args=[self.keys.job(""), repr(time.time()), worker])
-        return [x.decode() for x in out]
+        ids = [x.decode() for x in out]
+        if ids:
+            self.notify(*ids)
+        return ids
 
     def claimed(self, token: str) -> list[str]:
         return [x.decode() for x in self.r.smembers(self.keys.claims(token))]
@@ -316,10 +329,13 @@ class JobStore:
         k = self.keys
         err = ErrorInfo(code="cancelled", message="cancelled by the client before it ran").model_dump_json()
         out = self._cancel(
-            keys=[k.job(job_id), k.queued(queue), k.upload(job_id)],
-            args=[job_id, repr(time.time()), self.job_ttl_s, err],
-        )
-        return out.decode()
+            keys=[k.job(job_id), k.queued(queue), k.upload(job_id), k.metrics()],
+            args=[job_id, repr(time.time()), self.job_ttl_s, err, k.model_of(queue)],
+        ).decode()
+        self.notify(job_id)
+        if out == "cancelled":
+            self.notify_queue(queue)
+        return out
 
     def enter_stage(self, job_ids: list[str], stage: str) -> list[str]:
         """Record the stage each running job is in; returns those whose cancellation was requested."""
@@ -327,7 +343,8 @@ class JobStore:
         for j in job_ids:
             pipe.hset(self.keys.job(j), "stage", stage)
             pipe.hget(self.keys.job(j), "cancel_requested")
-        flags = pipe.execute()[1::2]
+            pipe.publish(self.keys.job_events(j), stage)
+        flags = pipe.execute()[1::3]
         return [j for j, f in zip(job_ids, flags, strict=True) if f]
 
     def drain_rate(self, queue: str, window_s: float = 60.0) -> float:
@@ -341,11 +358,43 @@ class JobStore:
 
     def _finalize(self, job_id: str, queue: str, status: JobStatus, field: str, value: str) -> bool:
         k = self.keys
-        done = self._finish(
-            keys=[k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue)],
-            args=[job_id, status.value, repr(time.time()), self.job_ttl_s, field, value],
+        pipe = self.r.pipeline(transaction=False)
+        self._finish(
+            keys=[k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue), k.metrics()],
+            args=[job_id, status.value, repr(time.time()), self.job_ttl_s, field, value, k.model_of(queue)],
+            client=pipe,
         )
-        return bool(done)
+        pipe.publish(k.job_events(job_id), status.value)
+        return bool(pipe.execute()[0])
+
+    def record_service(self, queue: str, queue_wait_s: float, service_s: float) -> None:
+        """A job finished: feed the ETA's moving average and the metrics histograms."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.lpush(k.service_times(queue), f"{service_s:.6f}")
+        pipe.ltrim(k.service_times(queue), 0, 49)
+        metrics.observe(pipe, k, "queue_wait", k.model_of(queue), queue_wait_s)
+        metrics.observe(pipe, k, "service", k.model_of(queue), service_s)
+        pipe.execute()
+
+    def mean_service_s(self, queue: str) -> float | None:
+        """Moving average of the last 50 per-job service times of ``queue``."""
+        vals = [float(v) for v in self.r.lrange(self.keys.service_times(queue), 0, -1)]
+        return sum(vals) / len(vals) if vals else None
+
+    def set_webhook(self, job_id: str, status: WebhookStatus) -> None:
+        self.r.hset(self.keys.job(job_id), "webhook", status.model_dump_json())
+
+    def notify(self, *job_ids: str) -> None:
+        """Wake whoever follows these jobs (SSE streams, long polls): their record changed."""
+        pipe = self.r.pipeline(transaction=False)
+        for j in job_ids:
+            pipe.publish(self.keys.job_events(j), "changed")
+        pipe.execute()
+
+    def notify_queue(self, queue: str) -> None:
+        """Positions in ``queue`` changed: wake the followers of every job queued there."""
+        self.r.publish(self.keys.queue_events(queue), "moved")
 
     def discard(self, job_id: str, queue: str, owner: str = "", idempotency_key: str | None = None) -> None:
         """Undo a create whose message never reached the broker, so nothing shows as queued."""

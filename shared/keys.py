@@ -52,6 +52,32 @@ class Keys:
         """Hash: jobs routed to each A/B variant of a model."""
         return f"{self.prefix}:variants:{model}"
 
+    def webhook_queue(self) -> str:
+        """The Celery queue of completion webhooks (served by ``python -m worker.webhooks``)."""
+        return f"{self.prefix}.webhooks"
+
+    def job_events(self, job_id: str) -> str:
+        """Pub/sub channel: the job's record changed (status, stage)."""
+        return f"{self.prefix}:ev:job:{job_id}"
+
+    def queue_events(self, queue: str) -> str:
+        """Pub/sub channel: positions in a queue changed."""
+        return f"{self.prefix}:ev:queue:{queue}"
+
+    def events_pattern(self) -> str:
+        return f"{self.prefix}:ev:*"
+
+    def metrics(self) -> str:
+        """Hash: cluster-wide counters and histogram buckets, rendered by the API's /metrics."""
+        return f"{self.prefix}:metrics"
+
+    def service_times(self, queue: str) -> str:
+        """List: the most recent per-job service times of a queue (seconds), for ETAs."""
+        return f"{self.prefix}:svc:{queue}"
+
+    def model_of(self, queue: str) -> str:
+        return queue.removeprefix(f"{self.prefix}.jobs.")
+
     def sequence(self) -> str:
         """Counter: a global enqueue sequence, the score in ``queued``."""
         return f"{self.prefix}:seq"

@@ -51,6 +51,7 @@ class JobStatus(StrEnum):
 FINAL_STATUSES = frozenset(s.value for s in JobStatus if s.final)
 
 ARTIFACT_NAMES = ("mask", "heatmap", "overlay")
+STAGES = ("preprocess", "inference", "cam", "encode")
 
 
 class ErrorInfo(BaseModel):
@@ -80,6 +81,7 @@ class JobSpec(BaseModel):
     )
     priority: Priority = Priority.normal
     variant: str | None = Field(None, description="The traffic-table entry (alias or version) that chose the version.")
+    callback_url: str | None = None
     image: ImageInfo
 
 
@@ -159,6 +161,18 @@ class JobResult(BaseModel):
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URL.")
 
 
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookStatus(BaseModel):
+    url: str
+    delivered: bool = False
+    attempts: list[WebhookAttempt] = Field(default_factory=list)
+
+
 class JobView(BaseModel):
     """A job as a client sees it."""
 
@@ -180,6 +194,11 @@ class JobView(BaseModel):
     cancel_requested: bool = Field(False, description="A cancellation was asked for while it was running.")
     attempts: int = Field(0, description="How many times a worker started it (more than 1 after a crash).")
     worker: str | None = Field(None, description="The worker that ran (or runs) it.")
+    eta_s: float | None = Field(
+        None, description="Estimated seconds until it finishes (queue position, live workers, recent service times)."
+    )
+    callback_url: str | None = Field(None, description="Where the final status is posted (signed).")
+    webhook: WebhookStatus | None = Field(None, description="Delivery attempts of the completion webhook.")
     error: ErrorInfo | None = None
     result: JobResult | None = None
 

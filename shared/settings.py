@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     default_model: str = "shapes"
     default_method: str = "gradcam"
 
+    # --- Completion webhooks ---
+    webhook_secret: str = ""  # HMAC-SHA256 key for signing; empty: callback_url is refused
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 2.0  # first retry delay; doubles each attempt
+    webhook_timeout_s: float = 5.0
+    webhook_allow_private: bool = False  # allow loopback/private targets (tests, internal hooks)
+    webhook_concurrency: int = 8
+
     # --- Worker ---
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     worker_models: str = ""  # comma-separated model names this worker serves; empty: all

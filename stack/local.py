@@ -23,6 +23,7 @@ import redis
 
 API_CMD = ["python", "-m", "api"]
 WORKER_CMD = ["python", "-m", "worker.launch"]
+WEBHOOK_CMD = ["python", "-m", "worker.webhooks"]
 FLOWER_CMD = ["celery", "-A", "shared.celery_app", "flower"]
 
 REDIS_HINT = (
@@ -125,6 +126,7 @@ class LocalStack:
         self.env.setdefault("SEGCAM_CPU_WORKERS", str(self.workers))
         self.spawn("api", API_CMD, {"SEGCAM_API_PORT": str(self.api_port), "SEGCAM_API_HOST": "127.0.0.1"})
         self.spawn("workers", WORKER_CMD)
+        self.spawn("webhooks", WEBHOOK_CMD)
         if self.flower_port and importlib.util.find_spec("flower") is None:
             print("segcam: flower is not installed (pip install -e '.[flower]'); skipping it", flush=True)
         elif self.flower_port:

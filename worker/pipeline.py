@@ -26,8 +26,6 @@ from worker.loader import LoadedModel
 # above it, upsample the label map instead, so a huge image cannot exhaust memory.
 FULL_RES_LOGITS_BUDGET = 32_000_000
 
-STAGES = ("preprocess", "inference", "cam", "encode")
-
 
 @dataclass
 class Item:

@@ -18,7 +18,9 @@ from itertools import groupby
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
+from shared import webhooks
 from shared.artifacts import ArtifactStore
+from shared.celery_app import app as celery_app
 from shared.jobs import JobRecord, JobStore
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
@@ -106,6 +108,7 @@ class JobRunner:
             return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}
         items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
         hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
+        t0 = time.time()
         try:
             results = Pipeline(model).run(items, spec.method, on_stage=hook)
         except BatchCancelled:
@@ -122,10 +125,12 @@ class JobRunner:
                 return self._one_by_one(group, hook.cancelled, started)
             log.exception("job %s failed unexpectedly", group[0][0].id)
             return {group[0][0].id: self._fail(group[0][0], "internal_error", f"{type(e).__name__}: {e}"[:500])}
+        per_job_s = (time.time() - t0) / len(group)  # what one job costs this worker, batching included
         out = dict.fromkeys(hook.cancelled, "cancelled")
         for (rec, _), res in zip(group, results, strict=True):
             if rec.id not in hook.cancelled:
                 out[rec.id] = self._succeed(rec, res, manifest, started, len(group))
+                self.jobs.record_service(rec.queue, max(0.0, started - rec.created_at), per_job_s)
         return out
 
     def _one_by_one(self, group, cancelled: set[str], started: float) -> dict[str, str]:
@@ -153,11 +158,21 @@ class JobRunner:
         if not self.jobs.succeed(rec.id, rec.queue, result):
             log.info("job %s reached a final state elsewhere; this result is dropped", rec.id)
             return "duplicate"
+        self.finished(rec)
         return "succeeded"
+
+    def finished(self, rec: JobRecord) -> None:
+        """A job reached its final state here: post its webhook, if it asked for one."""
+        if rec.spec.callback_url:
+            try:
+                webhooks.schedule(celery_app, self.jobs.keys, rec.id)
+            except Exception:
+                log.exception("could not queue the webhook of job %s", rec.id)
 
     def _fail(self, rec: JobRecord, code: str, message: str) -> str:
         log.warning("job %s failed: %s: %s", rec.id, code, message)
-        self.jobs.fail(rec.id, rec.queue, code, message)
+        if self.jobs.fail(rec.id, rec.queue, code, message):
+            self.finished(rec)
         return "failed"
 
 
@@ -219,6 +234,7 @@ class StageHook:
             if jobs.mark_cancelled(job_id, rec.queue):
                 log.info("job %s cancelled at stage %s", job_id, stage)
                 self.cancelled.add(job_id)
+                self.runner.finished(rec)
         if not self.live:
             raise BatchCancelled
         for job_id, fault in self.faults.items():

@@ -12,6 +12,7 @@ import logging
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task
 
+from shared import webhooks
 from shared.celery_app import TASK_SEGMENT, app
 from worker import runtime
 
@@ -28,12 +29,11 @@ class SegmentTask(Task):
         if not isinstance(exc, TimeLimitExceeded):
             return
         jobs = runtime.job_store()
+        msg = "the job ran past its hard time limit; its process was replaced"
         for job_id in jobs.claimed(task_id):
             rec = jobs.get(job_id)
-            if rec is not None:
-                jobs.fail(
-                    job_id, rec.queue, "timeout", "the job ran past its hard time limit; its process was replaced"
-                )
+            if rec is not None and jobs.fail(job_id, rec.queue, "timeout", msg) and rec.spec.callback_url:
+                webhooks.schedule(app, jobs.keys, job_id)
         jobs.release(task_id)
 
 

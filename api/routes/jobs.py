@@ -2,58 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from datetime import UTC, datetime
+import time
 
-from fastapi import APIRouter, Depends, File, Form, Header, Path, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal, enforce_rate_limit, principal
-from api.deps import Services, services
+from api.deps import Services, event_hub, services
 from api.errors import ApiError, responses
+from api.events import EventHub
 from api.queueing import enqueue
 from api.validation import build_spec, checked_form
+from shared import webhooks
 from shared.jobs import JobRecord
-from shared.schemas import ARTIFACT_NAMES, JobAccepted, JobStatus, JobView, Method, Priority
+from shared.presence import live_workers
+from shared.schemas import ARTIFACT_NAMES, STAGES, JobAccepted, JobStatus, JobView, Method, Priority
+from shared.views import job_url, job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _ts(t: float | None) -> datetime | None:
-    return datetime.fromtimestamp(t, UTC) if t is not None else None
-
-
-def job_url(svc: Services, job_id: str, suffix: str = "") -> str:
-    return f"{svc.settings.public_base_url}/v1/jobs/{job_id}{suffix}"
+def eta_s(svc: Services, rec: JobRecord) -> float | None:
+    """Seconds until the job should finish: its place in the queue, the live workers serving
+    its model and the moving average of their recent per-job service times."""
+    if rec.status.final:
+        return None
+    avg = svc.jobs.mean_service_s(rec.queue)
+    workers = sum(1 for w in live_workers(svc.redis, svc.keys) if rec.spec.model in w.get("models", []))
+    if avg is None or workers == 0:
+        return None
+    if rec.status is JobStatus.running:
+        return round(max(0.0, avg - (time.time() - (rec.started_at or time.time()))), 3)
+    position = rec.position or 0
+    return round((position // workers + 0.5) * avg + avg, 3)
 
 
 def view(svc: Services, rec: JobRecord) -> JobView:
-    result = rec.result
-    if result is not None:
-        urls = {n: job_url(svc, rec.id, f"/artifacts/{n}") for n in ARTIFACT_NAMES}
-        result = result.model_copy(update={"artifacts": urls})
-    return JobView(
-        id=rec.id,
-        status=rec.status,
-        model=rec.spec.model,
-        model_version=rec.spec.model_version,
-        method=rec.spec.method,
-        target_class=rec.spec.target_class,
-        priority=rec.spec.priority,
-        variant=rec.spec.variant,
-        created_at=_ts(rec.created_at),
-        started_at=_ts(rec.started_at),
-        finished_at=_ts(rec.finished_at),
-        position=rec.position,
-        stage=rec.stage if rec.status is JobStatus.running else None,
-        cancel_requested=rec.cancel_requested,
-        attempts=rec.deliveries,
-        worker=rec.worker,
-        error=rec.error,
-        result=result,
-    )
+    return job_view(rec, svc.settings.public_base_url, eta_s(svc, rec))
 
 
 def load(svc: Services, job_id: str, who: Principal) -> JobRecord:
@@ -88,6 +78,9 @@ def submit(
     routing_key: str | None = Form(
         None, description="Pins the A/B variant: jobs with the same key run the same model version."
     ),
+    callback_url: str | None = Form(
+        None, description="http(s) URL that receives the final status, signed with HMAC-SHA256 (see README)."
+    ),
     idempotency_key: str | None = Header(
         None, max_length=255, description="Repeat a submission safely: the same key returns the same job."
     ),
@@ -97,9 +90,9 @@ def submit(
     enforce_rate_limit(svc, who)
     data = image.file.read(svc.settings.max_upload_bytes + 1)
     routing = routing_key or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
-    spec = build_spec(svc, data, model, target_class, method, priority, routing)
+    spec = build_spec(svc, data, model, target_class, method, priority, routing, callback_url)
     out = enqueue(svc, spec, data, who, idempotency_key)
-    url = job_url(svc, out.job_id)
+    url = job_url(svc.settings.public_base_url, out.job_id)
     if out.replayed:
         rec = load(svc, out.job_id, who)
         body = JobAccepted(id=rec.id, status=rec.status, position=rec.position, url=url)
@@ -113,11 +106,81 @@ def submit(
 @router.get(
     "/{job_id}",
     response_model=JobView,
-    summary="A job's status and, when done, its result",
+    summary="A job's status and, when done, its result; `?wait=S` long-polls until it is final",
     responses=responses(401, 404),
 )
-def get_job(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> JobView:
-    return view(svc, load(svc, job_id, who))
+async def get_job(
+    job_id: str,
+    wait: float = Query(0, ge=0, le=60, description="Hold the request up to this many seconds until the job is final."),
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
+    hub: EventHub = Depends(event_hub),
+) -> JobView:
+    rec = await run_in_threadpool(load, svc, job_id, who)
+    if wait > 0 and not rec.status.final:
+        follower = await hub.follow(job_id, rec.queue)
+        try:
+            deadline = time.monotonic() + wait
+            while not rec.status.final and (left := deadline - time.monotonic()) > 0:
+                await follower.wait(left)
+                rec = await run_in_threadpool(load, svc, job_id, who)
+        finally:
+            await hub.unfollow(follower)
+    return await run_in_threadpool(view, svc, rec)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-Sent Events: each status change (queued with position, running with stage, then final)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **responses(401, 404)},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
+    hub: EventHub = Depends(event_hub),
+) -> StreamingResponse:
+    rec = await run_in_threadpool(load, svc, job_id, who)  # 404 before the stream starts
+    follower = await hub.follow(job_id, rec.queue)
+
+    async def stream():
+        last = None
+
+        async def event(rec: JobRecord, stage: str | None = None):
+            nonlocal last
+            if stage is not None:  # a stage the record may already have moved past
+                rec = dataclasses.replace(rec, status=JobStatus.running, stage=stage)
+            state = (rec.status, rec.position, rec.stage, rec.cancel_requested)
+            if state == last:
+                return None
+            last = state
+            body = (await run_in_threadpool(view, svc, rec)).model_dump_json()
+            return f"event: {rec.status.value}\ndata: {body}\n\n"
+
+        try:
+            current = await run_in_threadpool(load, svc, job_id, who)
+            while True:
+                if chunk := await event(current):
+                    yield chunk
+                if current.status.final or await request.is_disconnected():
+                    return
+                messages = await follower.wait(15.0)
+                if not messages:
+                    yield ": keep-alive\n\n"
+                    continue
+                current = await run_in_threadpool(load, svc, job_id, who)
+                for m in messages:
+                    if m in STAGES and (chunk := await event(current, stage=m)):
+                        yield chunk
+        except ApiError:  # the job expired mid-stream
+            yield 'event: error\ndata: {"error": {"code": "job_not_found", "message": "job expired"}}\n\n'
+        finally:
+            await hub.unfollow(follower)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
 @router.delete(
@@ -129,6 +192,8 @@ def get_job(job_id: str, who: Principal = Depends(principal), svc: Services = De
 def cancel_job(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> JSONResponse:
     rec = load(svc, job_id, who)
     outcome = svc.jobs.cancel(job_id, rec.queue)
+    if outcome == "cancelled" and rec.spec.callback_url:
+        webhooks.schedule(svc.celery, svc.keys, job_id)
     if outcome not in ("cancelled", "cancelling"):
         raise ApiError(409, "already_finished", f"job is already {outcome}; there is nothing to cancel")
     body = view(svc, load(svc, job_id, who)).model_dump(mode="json")

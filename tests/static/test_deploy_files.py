@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack.local import API_CMD, FLOWER_CMD, WORKER_CMD
+from stack.local import API_CMD, FLOWER_CMD, WEBHOOK_CMD, WORKER_CMD
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.static
@@ -52,6 +52,7 @@ def test_containers_run_the_commands_the_integration_tests_run():
     assert SERVICES["api"]["command"] == API_CMD == _cmd("Dockerfile.api")
     assert SERVICES["worker"]["command"] == WORKER_CMD == _cmd("Dockerfile.worker")
     assert SERVICES["worker-cpu"]["command"] == WORKER_CMD
+    assert SERVICES["webhooks"]["command"] == WEBHOOK_CMD
     assert SERVICES["flower"]["command"][: len(FLOWER_CMD)] == FLOWER_CMD
 
 

@@ -3,6 +3,7 @@ long polls, signed completion webhooks and metrics, on real processes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -123,7 +124,7 @@ def test_signed_webhook_is_retried_with_backoff_and_attempts_are_recorded(live):
     attempts = final["webhook"]["attempts"]
     assert [a["status_code"] for a in attempts] == [500, 503, 200] and len(receiver.received) == 3
     times = [datetime.fromisoformat(a["at"]).timestamp() for a in attempts]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # exponential backoff from 0.3 s
     headers, body = receiver.received[-1]
     assert verify(SECRET, headers["x-segcam-timestamp"], body, headers["x-segcam-signature"], now=time.time())

@@ -18,6 +18,7 @@ from api.deps import Services
 from api.errors import ApiError
 from api.validation import fingerprint
 from shared.celery_app import TASK_SEGMENT
+from shared.logs import job_context
 from shared.schemas import JobSpec
 
 log = logging.getLogger("segcam.api")
@@ -81,6 +82,10 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         raise ApiError(
             503, "queue_unavailable", "the job queue is unreachable; retry shortly", {"Retry-After": "5"}
         ) from None
+    with job_context(job_id):
+        log.info(
+            "queued job for %s:%s (%s) at position %s", spec.model, spec.model_version, spec.method, created.position
+        )
     pipe = svc.redis.pipeline(transaction=False)
     pipe.hincrby(svc.keys.metrics(), f"jobs|submitted|{spec.model}", 1)
     if spec.variant is not None:

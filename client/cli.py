@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", help="use a running API instead of starting a local stack")
     demo.set_defaults(func=cmd_demo)
 
-    from client import models_cli
+    from client import models_cli, submit_cli
 
+    submit_cli.add_parsers(sub)
     models_cli.add_parser(sub)
 
     hk = sub.add_parser("hash-key", help="print the sha256 of an API key, for SEGCAM_API_KEY_HASHES")

@@ -1,8 +1,20 @@
-"""A small Python client for the segcam HTTP API (httpx; no torch needed)."""
+"""A Python client for the segcam HTTP API (httpx only; no torch).
+
+    with SegcamClient("http://localhost:8000") as c:
+        job = c.submit("photo.png", method="gradcam++")
+        done = c.wait(job["id"])              # SSE, or long-polling where SSE is not possible
+        open("mask.png", "wb").write(c.download(job["id"], "mask"))
+
+Errors are exceptions with the API's code and message: ``BadRequest`` (4xx), ``RateLimited``
+(429, with ``retry_after``), ``ServerError`` (5xx). ``submit`` honours ``Retry-After`` on 429
+and 503 by waiting and trying again, up to ``retries`` times.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +24,7 @@ ARTIFACTS = ("mask", "heatmap", "overlay")
 
 
 class SegcamError(Exception):
-    """A 4xx/5xx answer from the API, with its error code and, for 429/503, Retry-After."""
+    """An error answer from the API."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -22,7 +34,19 @@ class SegcamError(Exception):
         self.retry_after = retry_after
 
 
-def _raise_for(r: httpx.Response) -> None:
+class BadRequest(SegcamError):
+    """4xx: the request was wrong (or not allowed); retrying it unchanged will not help."""
+
+
+class RateLimited(BadRequest):
+    """429: the queue is full or the key's rate limit is reached; retry after ``retry_after`` s."""
+
+
+class ServerError(SegcamError):
+    """5xx: the service could not answer (503: Redis or the queue is unreachable)."""
+
+
+def raise_for(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
     try:
@@ -31,13 +55,22 @@ def _raise_for(r: httpx.Response) -> None:
     except Exception:
         code, message = "http_error", r.text[:200]
     ra = r.headers.get("Retry-After")
-    raise SegcamError(r.status_code, code, message, float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
+    retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+    cls = RateLimited if r.status_code == 429 else BadRequest if r.status_code < 500 else ServerError
+    raise cls(r.status_code, code, message, retry_after)
 
 
 class SegcamClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
 
     def close(self) -> None:
         self.http.close()
@@ -54,41 +87,84 @@ class SegcamClient:
         model: str | None = None,
         target_class: str | int | None = None,
         method: str | None = None,
+        priority: str | None = None,
+        callback_url: str | None = None,
+        routing_key: str | None = None,
+        idempotency_key: str | None = None,
         filename: str = "image",
+        retries: int = 3,
     ) -> dict:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         if not isinstance(image, bytes):
             filename = Path(image).name
-        form = {
-            k: str(v)
-            for k, v in {"model": model, "target_class": target_class, "method": method}.items()
-            if v is not None
+        fields = {
+            "model": model,
+            "target_class": target_class,
+            "method": method,
+            "priority": priority,
+            "callback_url": callback_url,
+            "routing_key": routing_key,
         }
-        r = self.http.post("/v1/jobs", files={"image": (filename, data)}, data=form)
-        _raise_for(r)
+        form = {k: str(v) for k, v in fields.items() if v is not None}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        for attempt in range(retries + 1):
+            r = self.http.post("/v1/jobs", files={"image": (filename, data)}, data=form, headers=headers)
+            try:
+                raise_for(r)
+                return r.json()
+            except (RateLimited, ServerError) as e:
+                if attempt == retries or (isinstance(e, ServerError) and e.status != 503):
+                    raise
+                time.sleep(min(e.retry_after or 2.0 * 2**attempt, 60.0))
+        raise AssertionError("unreachable")
+
+    def status(self, job_id: str, wait: float = 0) -> dict:
+        r = self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None, timeout=wait + 30)
+        raise_for(r)
         return r.json()
 
-    def status(self, job_id: str) -> dict:
-        r = self.http.get(f"/v1/jobs/{job_id}")
-        _raise_for(r)
-        return r.json()
+    def events(self, job_id: str, timeout: float = 600.0) -> Iterator[dict]:
+        """Each status change of the job as the server pushes it (SSE), ending with the final one."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(30, read=timeout)) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise_for(r)
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
 
-    def wait(self, job_id: str, timeout: float = 300.0, poll_s: float = 0.1) -> dict:
+    def wait(self, job_id: str, timeout: float = 600.0, on_update: Callable[[dict], None] | None = None) -> dict:
+        """Block until the job is final, following it by SSE, or by long-polling if SSE fails."""
         deadline = time.monotonic() + timeout
+        try:
+            for update in self.events(job_id, timeout=timeout):
+                if on_update:
+                    on_update(update)
+                if update["status"] in FINAL:
+                    return update
+        except (httpx.HTTPError, json.JSONDecodeError):
+            pass  # a proxy that buffers or cuts streams: poll instead
         while True:
-            job = self.status(job_id)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} not finished after {timeout:.0f}s")
+            job = self.status(job_id, wait=min(left, 30.0))
+            if on_update:
+                on_update(job)
             if job["status"] in FINAL:
                 return job
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
-            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> dict:
+        r = self.http.delete(f"/v1/jobs/{job_id}")
+        raise_for(r)
+        return r.json()
 
     def download(self, job_id: str, name: str) -> bytes:
         r = self.http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
-        _raise_for(r)
+        raise_for(r)
         return r.content
 
     def models(self) -> dict:
         r = self.http.get("/v1/models")
-        _raise_for(r)
+        raise_for(r)
         return r.json()

@@ -94,9 +94,16 @@ def cmd_traffic(args) -> int:
 
 
 def add_parser(sub) -> None:
-    models = sub.add_parser("models", help="manage the model store (import, list, show, alias, delete, traffic)")
+    models = sub.add_parser(
+        "models",
+        help="without a subcommand: the models the API serves; with one: manage the model store on disk",
+    )
     models.add_argument("--store", help="model store directory (default: SEGCAM_MODEL_DIR)")
-    msub = models.add_subparsers(dest="models_command", required=True)
+    from client.submit_cli import add_common, cmd_models_remote
+
+    add_common(models)
+    models.set_defaults(func=cmd_models_remote)
+    msub = models.add_subparsers(dest="models_command")
 
     msub.add_parser("list", help="models, versions, aliases").set_defaults(func=cmd_list)
     show = msub.add_parser("show", help="a version's manifest: NAME, NAME:VERSION or NAME:ALIAS")
@@ -134,6 +141,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.models_command is None:
+        return args.func(args)
     try:
         return args.func(args)
     except (StoreError, ModelNotFound, FileNotFoundError) as e:

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
 
     # --- Logging ---
     log_level: str = "INFO"
+    log_json: bool = False  # one JSON object per line, with job_id on every line about a job
 
     @field_validator("task_time_limit_s")
     @classmethod

@@ -11,15 +11,16 @@ import os
 import socket
 import sys
 
+from shared import logs
 from shared.keys import Keys
 from shared.model_store import ModelNotFound, ModelStore
 from shared.settings import get_settings
 from worker.device import DeviceUnavailable, resolve_device
 
 
-def build_argv(name: str, queues: list[str], loglevel: str) -> list[str]:
+def build_argv(name: str, queues: list[str], loglevel: str, quiet: bool = False) -> list[str]:
     """The Celery command line every segcam worker runs (one process per device)."""
-    return [
+    argv = [
         "worker",
         "--pool=prefork",
         "--concurrency=1",
@@ -28,6 +29,7 @@ def build_argv(name: str, queues: list[str], loglevel: str) -> list[str]:
         "--task-events",
         f"--loglevel={loglevel}",
     ]
+    return ["--quiet", *argv] if quiet else argv  # no banner among JSON log lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="worker name (default: cpu0@HOST or gpu0@HOST)")
     args = ap.parse_args(argv)
     settings = get_settings()
+    logs.configure("worker", settings.log_level, settings.log_json)
     try:
         device = resolve_device(settings.device)
     except DeviceUnavailable as e:
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.app import app  # imported late: settings above must be in place first
 
     keys = Keys(settings.key_prefix)
-    app.worker_main(build_argv(name, [keys.celery_queue(m) for m in models], settings.log_level))
+    app.worker_main(build_argv(name, [keys.celery_queue(m) for m in models], settings.log_level, settings.log_json))
     return 0
 
 

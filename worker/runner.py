@@ -22,6 +22,7 @@ from shared import webhooks
 from shared.artifacts import ArtifactStore
 from shared.celery_app import app as celery_app
 from shared.jobs import JobRecord, JobStore
+from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
 from worker import faults
@@ -73,6 +74,13 @@ class JobRunner:
         return outcome
 
     def run_batch(self, job_ids: list[str]) -> dict[str, str]:
+        with job_context(*job_ids):
+            log.info("running %d job(s)", len(job_ids))
+            outcome = self._run_batch(job_ids)
+            log.info("finished: %s", ", ".join(sorted(set(outcome.values()))))
+            return outcome
+
+    def _run_batch(self, job_ids: list[str]) -> dict[str, str]:
         started = time.time()
         outcome: dict[str, str] = {}
         runnable: list[tuple[JobRecord, bytes]] = []

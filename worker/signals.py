@@ -13,6 +13,7 @@ import time
 
 from celery import signals
 
+from shared import logs
 from shared.keys import Keys
 from shared.model_store import ModelStore
 from shared.presence import Heartbeat
@@ -22,6 +23,13 @@ from worker import runtime
 
 log = logging.getLogger("segcam.worker")
 _heartbeat: Heartbeat | None = None
+
+
+@signals.setup_logging.connect
+def _logging(**_kwargs) -> None:
+    """Replace Celery's log setup with segcam's (plain or JSON, with job IDs)."""
+    s = get_settings()
+    logs.configure("worker", s.log_level, s.log_json)
 
 
 @signals.worker_process_init.connect

@@ -13,7 +13,9 @@ import time
 from datetime import UTC, datetime
 
 import httpx
+from celery import signals
 
+from shared import logs
 from shared.celery_app import app
 from shared.jobs import JobStore
 from shared.keys import Keys
@@ -22,6 +24,12 @@ from shared.schemas import WebhookAttempt, WebhookStatus
 from shared.settings import get_settings
 from shared.views import job_view
 from shared.webhooks import TASK_WEBHOOK, UnsafeTarget, check_url, signature
+
+
+@signals.setup_logging.connect
+def _logging(**_kwargs) -> None:
+    s = get_settings()
+    logs.configure("webhooks", s.log_level, s.log_json)
 
 
 def _store() -> JobStore:
@@ -76,11 +84,11 @@ def deliver(self, job_id: str) -> dict:
 
 def main() -> int:
     s = get_settings()
+    logs.configure("webhooks", s.log_level, s.log_json)
     name = f"webhooks@{socket.gethostname()}"
-    app.worker_main(
-        ["worker", "--pool=threads", f"--concurrency={s.webhook_concurrency}", f"--hostname={name}",
-         f"--queues={Keys(s.key_prefix).webhook_queue()}", "--task-events", f"--loglevel={s.log_level}"]
-    )  # fmt: skip
+    argv = ["worker", "--pool=threads", f"--concurrency={s.webhook_concurrency}", f"--hostname={name}",
+            f"--queues={Keys(s.key_prefix).webhook_queue()}", "--task-events", f"--loglevel={s.log_level}"]  # fmt: skip
+    app.worker_main(["--quiet", *argv] if s.log_json else argv)
     return 0
 
 

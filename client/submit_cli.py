@@ -1,0 +1,169 @@
+"""``segcam submit``, ``segcam status`` and ``segcam models`` (the API's view): the command-line client."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from client.http import ARTIFACTS, SegcamClient, SegcamError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def default_url() -> str:
+    return os.environ.get("SEGCAM_URL", "http://127.0.0.1:8000")
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files as given; folders expanded to the images inside them (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+class Progress:
+    """One line per job: queue position or stage, then the outcome. Redrawn in place on a terminal."""
+
+    def __init__(self, names: list[str], stream=sys.stderr) -> None:
+        self.names = names
+        self.lines = dict.fromkeys(names, "submitting")
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.lock = threading.Lock()
+        self.drawn = False
+        self.width = max((len(n) for n in names), default=10)
+
+    def update(self, name: str, job: dict) -> None:
+        status = job.get("status", "?")
+        if status == "queued":
+            eta = f", eta {job['eta_s']:.1f}s" if job.get("eta_s") is not None else ""
+            text = f"queued, position {job.get('position')}{eta}"
+        elif status == "running":
+            text = f"running: {job.get('stage') or 'starting'}"
+        elif status == "failed":
+            text = f"failed: {job['error']['code']}: {job['error']['message']}"
+        else:
+            text = status
+        self.set(name, text)
+
+    def set(self, name: str, text: str) -> None:
+        with self.lock:
+            if self.lines[name] == text:
+                return
+            self.lines[name] = text
+            if self.tty:
+                if self.drawn:
+                    self.stream.write(f"\x1b[{len(self.names)}F")
+                for n in self.names:
+                    self.stream.write(f"\x1b[2K{n:{self.width}}  {self.lines[n]}\n")
+                self.drawn = True
+            else:
+                self.stream.write(f"{name:{self.width}}  {text}\n")
+            self.stream.flush()
+
+
+def cmd_submit(args) -> int:
+    files = expand(args.images)
+    if not files:
+        print("segcam submit: no images found", file=sys.stderr)
+        return 2
+    names = [f.name if len(files) == len({x.name for x in files}) else str(f) for f in files]
+    progress = Progress(names)
+    out_dir = Path(args.out) if args.out else None
+    failures = 0
+    with SegcamClient(args.url, api_key=args.api_key) as client:
+
+        def run(item: tuple[str, Path]) -> dict | None:
+            name, path = item
+            try:
+                acc = client.submit(path, model=args.model, target_class=args.target_class, method=args.method,
+                                    priority=args.priority)  # fmt: skip
+            except SegcamError as e:
+                progress.set(name, f"refused: {e.code}: {e.message}")
+                return None
+            progress.update(name, {**acc, "status": "queued"})
+            if not (args.wait or out_dir):
+                progress.set(name, f"queued as {acc['id']}")
+                return acc
+            job = client.wait(acc["id"], timeout=args.timeout, on_update=lambda j: progress.update(name, j))
+            progress.update(name, job)
+            if out_dir and job["status"] == "succeeded":
+                d = out_dir / Path(name).stem
+                d.mkdir(parents=True, exist_ok=True)
+                for a in ARTIFACTS:
+                    (d / f"{a}.png").write_bytes(client.download(job["id"], a))
+                (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
+            return job
+
+        with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+            results = list(pool.map(run, zip(names, files, strict=True)))
+    for r in results:
+        if r is None or (r.get("status") in ("failed", "cancelled")):
+            failures += 1
+    if not args.wait and not out_dir:
+        for name, r in zip(names, results, strict=True):
+            if r:
+                print(f"{r['id']}  {name}")
+    elif out_dir:
+        print(f"wrote {len(results) - failures} result(s) under {out_dir}/", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_status(args) -> int:
+    with SegcamClient(args.url, api_key=args.api_key) as client:
+        try:
+            job = client.status(args.job_id, wait=args.wait)
+        except SegcamError as e:
+            print(f"segcam status: {e}", file=sys.stderr)
+            return 1
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def cmd_models_remote(args) -> int:
+    with SegcamClient(args.url, api_key=args.api_key) as client:
+        try:
+            listing = client.models()
+        except SegcamError as e:
+            print(f"segcam models: {e}", file=sys.stderr)
+            return 1
+    for m in listing["models"]:
+        default = " (default)" if m["name"] == listing["default"] else ""
+        workers = ", ".join(m["workers"]) or "no live worker"
+        print(f"{m['name']}:{m['version']}{default}  {m['architecture']}  [{workers}]")
+        print(f"  labels: {', '.join(f'{i}={label}' for i, label in enumerate(m['labels']))}")
+    print(f"methods: {', '.join(listing['methods'])}")
+    return 0
+
+
+def add_common(p) -> None:
+    p.add_argument("--url", default=default_url(), help="API base URL (default: $SEGCAM_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=os.environ.get("SEGCAM_API_KEY"), help="default: $SEGCAM_API_KEY")
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("submit", help="submit images (files or folders); --wait shows progress, --out saves results")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--model")
+    s.add_argument("--class", dest="target_class", help="class index or label to explain")
+    s.add_argument("--method")
+    s.add_argument("--priority", choices=["high", "normal", "low"])
+    s.add_argument("--wait", action="store_true", help="follow each job until it is done")
+    s.add_argument("--out", help="write each job's mask, heatmap, overlay and result.json under OUT/<image>/")
+    s.add_argument("--timeout", type=float, default=600)
+    add_common(s)
+    s.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="a job's status as JSON")
+    st.add_argument("job_id")
+    st.add_argument("--wait", type=float, default=0, help="long-poll up to this many seconds for the final state")
+    add_common(st)
+    st.set_defaults(func=cmd_status)

@@ -1,0 +1,61 @@
+"""The `segcam` command against the real stack: submit a folder with progress, status, models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT
+from tests.integration.procs import scene_png
+
+pytestmark = pytest.mark.integration
+
+
+def segcam(stack, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEGCAM_URL": stack.url}
+    return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(stack, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"img{i}.png").write_bytes(scene_png(500 + i, size=(120 + 10 * i, 90)))
+    (folder / "notes.txt").write_text("not an image; skipped by suffix")
+    out = tmp_path / "out"
+    done = segcam(stack, "submit", str(folder), "--wait", "--out", str(out), "--method", "layercam")
+    assert done.returncode == 0, done.stderr
+    for i in range(3):
+        d = out / f"img{i}"
+        assert Image.open(d / "overlay.png").size == (120 + 10 * i, 90)
+        result = json.loads((d / "result.json").read_text())
+        assert result["status"] == "succeeded" and result["method"] == "layercam"
+    progress = done.stderr
+    assert "queued, position" in progress and "succeeded" in progress and "img2.png" in progress
+
+
+def test_status_and_models_commands(stack, tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(scene_png(510))
+    sub = segcam(stack, "submit", str(img))
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.split()[0]
+    status = segcam(stack, "status", job_id, "--wait", "30")
+    assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
+    models = segcam(stack, "models")
+    assert models.returncode == 0 and "shapes:1 (default)" in models.stdout and "1=circle" in models.stdout
+    missing = segcam(stack, "status", "f" * 32)
+    assert missing.returncode == 1 and "job_not_found" in missing.stderr
+
+
+def test_a_refused_image_is_reported_in_words_and_the_exit_code(stack, tmp_path):
+    bad = tmp_path / "fake.png"
+    bad.write_text("hello")
+    done = segcam(stack, "submit", str(bad), "--wait")
+    assert done.returncode == 1 and "refused: not_an_image" in done.stderr

@@ -1,0 +1,73 @@
+"""The Python client's error mapping, Retry-After handling and SSE-to-polling fallback
+(an in-memory transport stands in for the server)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from client.http import BadRequest, RateLimited, SegcamClient, ServerError
+
+JOB = {"id": "a" * 32, "status": "queued", "position": 0, "url": "/v1/jobs/" + "a" * 32}
+
+
+def err(status: int, code: str, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": code, "message": f"{code} happened"}}, headers=headers)
+
+
+def test_submit_waits_out_retry_after_on_429_then_succeeds():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        return err(429, "queue_full", **{"Retry-After": "1"}) if len(calls) == 1 else httpx.Response(202, json=JOB)
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.submit(b"img")["id"] == JOB["id"]
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.95
+
+
+def test_errors_map_to_exceptions_with_code_and_retry_after():
+    responses = iter(
+        [err(429, "rate_limited", **{"Retry-After": "7"}), err(415, "not_an_image"), err(500, "internal_error")]
+    )
+    with SegcamClient("http://x", transport=httpx.MockTransport(lambda r: next(responses))) as c:
+        with pytest.raises(RateLimited) as e:
+            c.submit(b"x", retries=0)
+        assert e.value.retry_after == 7 and e.value.code == "rate_limited" and e.value.status == 429
+        with pytest.raises(BadRequest) as e:
+            c.submit(b"x")
+        assert e.value.code == "not_an_image" and not isinstance(e.value, RateLimited)
+        with pytest.raises(ServerError):
+            c.submit(b"x")  # a 500 is not retried
+
+
+def test_wait_follows_sse_and_reports_each_update():
+    events = [{"id": JOB["id"], "status": s, "position": 0} for s in ("queued", "running", "succeeded")]
+    body = "".join(f"event: {e['status']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path.endswith("/events")
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    seen = []
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.wait(JOB["id"], on_update=lambda j: seen.append(j["status"]))["status"] == "succeeded"
+    assert seen == ["queued", "running", "succeeded"]
+
+
+def test_wait_falls_back_to_long_polling_when_the_stream_breaks():
+    polls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            raise httpx.RemoteProtocolError("proxy cut the stream")
+        polls.append(request.url.params.get("wait"))
+        return httpx.Response(200, json={**JOB, "status": "running" if len(polls) < 2 else "succeeded"})
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.wait(JOB["id"], timeout=30)["status"] == "succeeded"
+    assert len(polls) == 2 and all(float(w) > 0 for w in polls)  # long polls, not a tight loop

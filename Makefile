@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := redis-server
+APT_PKGS := redis-server chromium chromium-driver
 
 .PHONY: deps install demo test up lint format train-demo clean
 

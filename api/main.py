@@ -11,7 +11,7 @@ from api import errors
 from api.deps import Services
 from api.events import EventHub
 from api.limits import BodySizeLimit
-from api.routes import health, jobs, metrics, models
+from api.routes import health, jobs, metrics, models, web
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = (
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(web.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.openapi = lambda: _openapi(app)
     return app

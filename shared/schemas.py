@@ -96,6 +96,7 @@ class ClassStat(BaseModel):
     label: str
     pixel_fraction: float = Field(description="Share of the image's pixels predicted as this class.")
     mean_confidence: float = Field(description="Mean softmax probability over those pixels.")
+    color: str = Field("", description="The class's colour in the mask PNG's palette, as #rrggbb.")
 
 
 class Peak(BaseModel):

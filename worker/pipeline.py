@@ -133,6 +133,7 @@ class Pipeline:
                 label=self.labels[c],
                 pixel_fraction=round(float(counts[c] / total), 6),
                 mean_confidence=round(float(conf_sums[c] / counts[c]), 6),
+                color=render.hex_colour(c),
             )
             for c in range(C)
             if counts[c] > 0

@@ -30,7 +30,13 @@ def palette(n: int = 256) -> list[tuple[int, int, int]]:
     return cols[:n]
 
 
-_PALETTE_BYTES = bytes(v for c in palette() for v in c)
+_PALETTE = palette()
+_PALETTE_BYTES = bytes(v for c in _PALETTE for v in c)
+
+
+def hex_colour(class_id: int) -> str:
+    r, g, b = _PALETTE[class_id]
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _jet_lut() -> np.ndarray:

@@ -165,3 +165,29 @@ def test_segcam_up_brings_the_stack_up_and_takes_it_down(redis_url, tmp_path):
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     cleanup_prefix(redis.Redis.from_url(redis_url), env["SEGCAM_KEY_PREFIX"])
+
+
+def test_worker_metrics_reach_prometheus_through_flower(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with SegcamClient(stack.url) as client:
+        assert client.wait(client.submit(scene_png(77, (64, 64)))["id"], timeout=60)["status"] == "succeeded"
+    base = f"http://127.0.0.1:{stack.flower_port}"
+    text = wait_until_text(f"{base}/metrics", "flower_events_total")
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"flower_events", "flower_worker_online", "flower_task_runtime_seconds"} <= names, names
+    assert 'task="segcam.segment"' in text and 'worker="cpu0@' in text
+
+
+def wait_until_text(url: str, needle: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(url, timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if needle in text and "segcam.segment" in text:
+            return text
+        time.sleep(1)
+    return text

@@ -1,0 +1,77 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright): upload an
+image, watch it go through, see the four images and the class table."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.procs import scene_png
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+SHOTS = ROOT / "test-output"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_upload_watch_and_see_the_explanation(stack, browser, tmp_path):
+    image = tmp_path / "scene.png"
+    image.write_bytes(scene_png(700, size=(240, 180)))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    statuses: list[str] = []
+    page.on("console", lambda m: statuses.append(f"console {m.type}: {m.text}"))
+    page.goto(stack.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    assert "shapes" in page.inner_text("#model")
+    assert not page.is_visible("#keyrow")  # keys are off here: no key field
+    page.select_option("#method", "gradcam++")
+    page.set_input_files("#file", str(image))
+    page.click("#go")
+    page.wait_for_selector("#results:not([hidden])", timeout=60_000)
+    page.wait_for_function(
+        "['original','mask','heatmap','overlay'].every(n => { const i = document.getElementById('img-' + n);"
+        " return i.complete && i.naturalWidth > 0; })",
+        timeout=30_000,
+    )
+    sizes = page.evaluate(
+        "['mask','heatmap','overlay'].map(n => [document.getElementById('img-' + n).naturalWidth,"
+        " document.getElementById('img-' + n).naturalHeight])"
+    )
+    assert sizes == [[240, 180]] * 3
+    assert page.inner_text("#status") == "Done"
+    rows = page.locator("#classes tbody tr")
+    assert rows.count() >= 2 and "background" in page.inner_text("#classes")
+    assert "gradcam++" in page.inner_text("#explained")
+    assert page.locator("#legend .swatch").count() == rows.count()
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / "web-result.png"), full_page=True)
+    page.close()
+
+
+def test_a_bad_file_is_explained_in_words(stack, browser, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    page = browser.new_page()
+    page.goto(stack.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.set_input_files("#file", str(bad))
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=20_000)
+    assert page.inner_text("#status") == "Not accepted"
+    assert "not an image" in page.inner_text("#detail")
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / "web-error.png"))
+    page.close()

@@ -1,8 +1,7 @@
 """Live job updates for SSE streams and long polls, from Redis pub/sub.
 
-One pub/sub connection per API process. A follower of a job listens on the job's channel
-(status and stage changes) and, while it is queued, on its queue's channel (positions
-moved); channels are subscribed while someone follows them and dropped after. A message
+One pub/sub connection per API process, while anyone follows a job. A follower hears its
+job's channel (status and stage changes) and its queue's channel (positions moved). A message
 says what changed (a stage name, a final status, or just "look again"); the follower
 re-reads the job record for everything else, so a missed or repeated message can never
 show a wrong state, and fast stages are still reported one by one.
@@ -15,6 +14,7 @@ import contextlib
 import logging
 from collections import defaultdict
 
+import redis
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
@@ -47,52 +47,78 @@ class Follower:
 
 
 class EventHub:
+    """Fans the deployment's job events out to the followers in this process.
+
+    A single reader task owns the pub/sub connection: it pattern-subscribes to every job and
+    queue channel when the first follower arrives and lets go after a quiet minute. Nothing
+    else touches that connection (redis-py's pub/sub is not safe for a second task to
+    subscribe on while the reader waits), so no message is lost to a race.
+    """
+
+    IDLE_S = 60.0
+
     def __init__(self, settings: Settings) -> None:
         self.keys = Keys(settings.key_prefix)
-        self.client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_connect_timeout_s
-        )
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.settings = settings
         self.followers: dict[str, set[Follower]] = defaultdict(set)
         self.task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
 
     async def follow(self, job_id: str, queue: str) -> Follower:
         f = Follower((self.keys.job_events(job_id), self.keys.queue_events(queue)))
-        new = [c for c in f.channels if not self.followers[c]]
         for c in f.channels:
             self.followers[c].add(f)
-        if new:
-            await self.pubsub.subscribe(*new)
         if self.task is None or self.task.done():
+            self.ready = asyncio.Event()
             self.task = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait_for(self.ready.wait(), 10)  # subscribed before the caller reads the record
+        except TimeoutError:
+            await self.unfollow(f)
+            raise redis.ConnectionError("the event stream could not subscribe") from None
         return f
 
     async def unfollow(self, f: Follower) -> None:
-        gone = []
         for c in f.channels:
             self.followers[c].discard(f)
             if not self.followers[c]:
                 del self.followers[c]
-                gone.append(c)
-        if gone:
-            with contextlib.suppress(Exception):
-                await self.pubsub.unsubscribe(*gone)
 
     async def _read(self) -> None:
-        while self.followers:
+        idle_since: float | None = None
+        while True:
+            client = aioredis.Redis.from_url(
+                self.settings.redis_url, socket_connect_timeout=self.settings.redis_connect_timeout_s
+            )
+            pubsub = client.pubsub()
             try:
-                msg = await self.pubsub.get_message(timeout=1.0)
-            except Exception as e:  # Redis went away: wake everyone (they re-read or report 503)
+                await pubsub.psubscribe(self.keys.events_pattern())
+                while (msg := await pubsub.get_message(timeout=5.0)) is None or msg["type"] != "psubscribe":
+                    pass
+                self.ready.set()
+                self._wake_all()  # anything may have happened while we were not listening
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg and msg.get("type") == "pmessage":
+                        channel, payload = msg["channel"].decode(), msg["data"].decode()
+                        for f in list(self.followers.get(channel, ())):
+                            f.put(payload)
+                    if self.followers:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = asyncio.get_running_loop().time()
+                    elif asyncio.get_running_loop().time() - idle_since > self.IDLE_S:
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis went away: followers re-read (and report 503); reconnect
                 log.warning("event stream interrupted: %s", e)
                 self._wake_all()
                 await asyncio.sleep(1.0)
+            finally:
                 with contextlib.suppress(Exception):
-                    await self.pubsub.subscribe(*self.followers)
-                continue
-            if msg and msg.get("type") == "message":
-                channel, payload = msg["channel"].decode(), msg["data"].decode()
-                for f in list(self.followers.get(channel, ())):
-                    f.put(payload)
+                    await pubsub.aclose()
+                    await client.aclose()
 
     def _wake_all(self) -> None:
         for fs in self.followers.values():
@@ -104,6 +130,3 @@ class EventHub:
             self.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
-        with contextlib.suppress(Exception):
-            await self.pubsub.aclose()
-            await self.client.aclose()

@@ -169,8 +169,7 @@ async def job_events(
                 messages = await follower.wait(15.0)
                 if not messages:
                     yield ": keep-alive\n\n"
-                    continue
-                current = await run_in_threadpool(load, svc, job_id, who)
+                current = await run_in_threadpool(load, svc, job_id, who)  # also after a quiet spell
                 for m in messages:
                     if m in STAGES and (chunk := await event(current, stage=m)):
                         yield chunk

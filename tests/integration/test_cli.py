@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def segcam(stack, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SEGCAM_URL": stack.url}
     return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                          text=True, timeout=120)  # fmt: skip
 
 
 def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(stack, tmp_path):

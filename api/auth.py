@@ -35,7 +35,7 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def principal(request: Request, svc: Services = Depends(services)) -> Principal:
+async def principal(request: Request, svc: Services = Depends(services)) -> Principal:
     if not svc.settings.api_keys_enabled:
         return Principal(owner="")
     key = _presented_key(request)

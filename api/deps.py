@@ -34,7 +34,7 @@ class Services:
             keys=keys,
             jobs=JobStore(client, keys, settings.job_ttl_s, settings.upload_ttl_s),
             artifacts=ArtifactStore(client, keys, settings.artifact_ttl_s),
-            models=ModelStore(settings.model_dir),
+            models=ModelStore(settings.model_dir, cache_ttl_s=settings.model_store_cache_s),
             celery=make_celery(settings, results=False),
         )
 
@@ -43,9 +43,9 @@ class Services:
         return self.jobs.r
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     return request.app.state.services
 
 
-def event_hub(request: Request):
+async def event_hub(request: Request):
     return request.app.state.events

@@ -55,7 +55,6 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         fingerprint=fingerprint(spec, data) if idempotency_key else "",
     )
     if created.full:
-        svc.redis.hincrby(svc.keys.metrics(), f"rejected|queue_full|{spec.model}", 1)
         retry = retry_after_s(created.position or s.max_queue_depth, s.max_queue_depth, svc.jobs.drain_rate(queue))
         raise ApiError(
             429,
@@ -72,7 +71,14 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
             )
         return Enqueued(job_id=created.job_id, position=None, replayed=True)
     try:
-        svc.celery.send_task(TASK_SEGMENT, kwargs={"model": spec.model, "job_id": job_id}, task_id=job_id, queue=queue)
+        svc.celery.send_task(
+            TASK_SEGMENT,
+            kwargs={"model": spec.model, "job_id": job_id},
+            task_id=job_id,
+            queue=queue,
+            argsrepr="()",  # given, so Celery skips its saferepr of the arguments
+            kwargsrepr=f"{{'model': '{spec.model}', 'job_id': '{job_id}'}}",
+        )
     except Exception as e:  # kombu raises OperationalError and friends when the broker is down
         log.warning("could not queue job %s: %s", job_id, e)
         try:
@@ -86,9 +92,4 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         log.info(
             "queued job for %s:%s (%s) at position %s", spec.model, spec.model_version, spec.method, created.position
         )
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.hincrby(svc.keys.metrics(), f"jobs|submitted|{spec.model}", 1)
-    if spec.variant is not None:
-        pipe.hincrby(svc.keys.variants(spec.model), spec.variant, 1)
-    pipe.execute()
     return Enqueued(job_id=job_id, position=created.position)

@@ -40,7 +40,9 @@ def make_celery(settings: Settings, results: bool = True) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # The gateway does not publish "task-sent" events: one Redis PUBLISH per submission
+        # saved; Flower learns of a job when a worker receives it.
+        task_send_sent_event=False,
         task_track_started=False,  # the job record says "running"; one less backend write
         result_expires=settings.result_expires_s,
         task_soft_time_limit=settings.task_soft_time_limit_s,

@@ -30,25 +30,32 @@ from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStat
 
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
-# KEYS: job, queued zset, sequence, upload, idempotency key. ARGV: job id, job ttl, upload ttl,
-# upload bytes, priority band, max queue depth (0: none), idempotency ttl (0: no key),
-# request fingerprint, then field/value pairs of the record.
-# Returns {'ok', position} | {'full', depth} | {'replay', "job_id fingerprint"}.
+# KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash.
+# ARGV: job id, job ttl, upload ttl, upload bytes, priority band, max queue depth (0: none),
+# idempotency ttl (0: no key), request fingerprint, queue channel, model, variant ('' if none),
+# then field/value pairs of the record.
+# Returns {'ok', position} | {'full', depth} | {'replay', "job_id fingerprint"}. One round trip.
 _CREATE = """
 if tonumber(ARGV[7]) > 0 then
   local prev = redis.call('GET', KEYS[5])
   if prev then return {'replay', prev} end
 end
 local depth = redis.call('ZCARD', KEYS[2])
-if tonumber(ARGV[6]) > 0 and depth >= tonumber(ARGV[6]) then return {'full', depth} end
+if tonumber(ARGV[6]) > 0 and depth >= tonumber(ARGV[6]) then
+  redis.call('HINCRBY', KEYS[6], 'rejected|queue_full|' .. ARGV[10], 1)
+  return {'full', depth}
+end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[5]) * 1e12 + seq, ARGV[1])
 if tonumber(ARGV[7]) > 0 then
   redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[7])
 end
+redis.call('HINCRBY', KEYS[6], 'jobs|submitted|' .. ARGV[10], 1)
+if ARGV[11] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[11], 1) end
+redis.call('PUBLISH', ARGV[9], 'moved')  -- a high-priority job moves the ones behind it
 return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
 
@@ -233,6 +240,7 @@ class JobStore:
         flat = [x for kv in fields.items() for x in kv]
         k = self.keys
         idem_ttl = idempotency_ttl_s if idempotency_key else 0
+        model = k.model_of(queue)
         kind, value = self._create(
             keys=[
                 k.job(job_id),
@@ -240,6 +248,8 @@ class JobStore:
                 k.sequence(),
                 k.upload(job_id),
                 k.idempotency(owner, idempotency_key or ""),
+                k.metrics(),
+                k.variants(model),
             ],
             args=[
                 job_id,
@@ -250,12 +260,13 @@ class JobStore:
                 max_depth,
                 idem_ttl,
                 fingerprint,
+                k.queue_events(queue),
+                model,
+                spec.variant or "",
                 *flat,
             ],
         )
         kind = kind.decode()
-        if kind == "ok":
-            self.notify_queue(queue)  # a high-priority job moves the ones behind it
         if kind == "full":
             return Created(job_id="", full=True, position=int(value))
         if kind == "replay":
@@ -400,6 +411,7 @@ class JobStore:
         """Undo a create whose message never reached the broker, so nothing shows as queued."""
         k = self.keys
         self.r.delete(k.job(job_id), k.upload(job_id))
+        self.r.hincrby(k.metrics(), f"jobs|submitted|{k.model_of(queue)}", -1)
         if idempotency_key:
             self.r.delete(k.idempotency(owner, idempotency_key))
         self.r.zrem(k.queued(queue), job_id)

@@ -13,12 +13,14 @@ against a strict pattern so no request can reach a path outside the store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -101,15 +103,39 @@ def _version_key(v: str) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[._-]", v))
 
 
-class ModelStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+def _cached(fn):
+    """Memoise a read for ``cache_ttl_s``: the gateway resolves a model on every submission,
+    and re-reading manifests from disk each time would cost more than the rest of the request."""
 
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        if self.cache_ttl_s <= 0:
+            return fn(self, *args)
+        key = (fn.__name__, *args)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.cache_ttl_s:
+            return hit[1]
+        value = fn(self, *args)
+        self._cache[key] = (now, value)
+        return value
+
+    return wrapper
+
+
+class ModelStore:
+    def __init__(self, root: Path, cache_ttl_s: float = 0.0) -> None:
+        self.root = Path(root)
+        self.cache_ttl_s = cache_ttl_s  # changes made elsewhere show up within this time
+        self._cache: dict[tuple, tuple[float, Any]] = {}
+
+    @_cached
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
 
+    @_cached
     def versions(self, name: str) -> list[str]:
         d = self._model_dir(name)
         vs = [
@@ -117,10 +143,12 @@ class ModelStore:
         ]
         return sorted(vs, key=_version_key)
 
+    @_cached
     def aliases(self, name: str) -> dict[str, str]:
         f = self._model_dir(name) / "aliases.json"
         return json.loads(f.read_text()) if f.is_file() else {}
 
+    @_cached
     def traffic(self, name: str) -> dict[str, int]:
         """The A/B table for jobs that name the model without a version: {alias or version: weight}."""
         f = self._model_dir(name) / "traffic.json"
@@ -140,6 +168,7 @@ class ModelStore:
     ) -> ModelManifest:
         """Copy weights in and write the manifest, as one rename: a version appears whole or not at all,
         and an existing version is never overwritten."""
+        self._cache.clear()
         if not NAME_RE.match(manifest.name) or not VERSION_RE.match(manifest.version):
             raise StoreError(f"invalid model name or version: {manifest.ref}")
         model_dir = self.root / manifest.name
@@ -168,6 +197,7 @@ class ModelStore:
         return str(max(numeric, default=0) + 1)
 
     def set_alias(self, name: str, version: str, alias: str) -> None:
+        self._cache.clear()
         if not ALIAS_RE.match(alias):
             raise StoreError(
                 f"invalid alias '{alias[:40]}': lowercase letters, digits, '-' and '_', starting with a letter"
@@ -182,6 +212,7 @@ class ModelStore:
         _write_json_atomic(self._model_dir(name) / "aliases.json", aliases)
 
     def set_traffic(self, name: str, table: dict[str, int]) -> None:
+        self._cache.clear()
         aliases, versions = self.aliases(name), self.versions(name)
         for key, weight in table.items():
             if key not in aliases and key not in versions:
@@ -195,6 +226,7 @@ class ModelStore:
         _write_json_atomic(path, table)
 
     def delete_version(self, name: str, version: str) -> None:
+        self._cache.clear()
         if version not in self.versions(name):
             raise StoreError(f"model '{name}' has no version '{version}'")
         pointing = sorted(a for a, v in self.aliases(name).items() if v == version)
@@ -219,6 +251,7 @@ class ModelStore:
             raise ModelNotFound(f"model '{name}' has no version or alias '{tag[:64]}'")
         return self.manifest(name, version)
 
+    @_cached
     def manifest(self, name: str, version: str) -> ModelManifest:
         if not VERSION_RE.match(version):
             raise ModelNotFound(f"invalid version '{version[:64]}'")

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     model_dir: Path = ROOT / "models" / "store"
     default_model: str = "shapes"
     default_method: str = "gradcam"
+    model_store_cache_s: float = 2.0  # how long the gateway and workers trust a read of the store
 
     # --- Completion webhooks ---
     webhook_secret: str = ""  # HMAC-SHA256 key for signing; empty: callback_url is refused

@@ -21,6 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared import webhooks
 from shared.artifacts import ArtifactStore
 from shared.celery_app import app as celery_app
+from shared.imaging import ImageRejected
 from shared.jobs import JobRecord, JobStore
 from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
@@ -123,6 +124,10 @@ class JobRunner:
             return dict.fromkeys(hook.cancelled, "cancelled")
         except SoftTimeLimitExceeded:
             return {rec.id: self._fail(rec, "timeout", "the job ran past its time limit") for rec, _ in group}
+        except ImageRejected as e:
+            if len(group) > 1:  # one undecodable image: the others still run
+                return self._one_by_one(group, hook.cancelled, started)
+            return {group[0][0].id: self._fail(group[0][0], e.code, e.message)}
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(group) > 1:  # maybe only the batch was too big: try each job alone

@@ -75,7 +75,7 @@ def test_one_bad_job_in_a_batch_fails_alone(parts, rclient, prefix):
     out = runner(batch=8).run_token("tok", QUEUE)
     assert out[f"{1:032x}"] == "failed" and out[f"{0:032x}"] == out[f"{2:032x}"] == "succeeded"
     err = jobs.get(f"{1:032x}").error
-    assert err.code == "internal_error" and err.message
+    assert err.code == "corrupt_image" and err.message
 
 
 def test_an_interrupted_token_runs_its_unfinished_jobs_again(parts):

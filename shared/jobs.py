@@ -59,13 +59,31 @@ redis.call('PUBLISH', ARGV[9], 'moved')  -- a high-priority job moves the ones b
 return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
 
-# Take the next jobs of a queue, in queue order: the head job, then up to max-1 more with
-# the same method among the next `window` (a batch shares one CAM call).
-# KEYS: queued zset, claims set of the token. ARGV: job key prefix, now, worker, token,
-# max, window, claims ttl. Returns the claimed job IDs.
-_CLAIM = """
+# What a Celery task (a token) runs: first whatever an interrupted earlier run of the same
+# token claimed and left unfinished, else the next jobs of its queue, in queue order (the head
+# job, then up to max-1 more with the same method among the next `window`: a batch shares one
+# CAM call). Claimed jobs enter their first stage, and followers are told, in the same step.
+# KEYS: queued zset, claims set of the token. ARGV: job key prefix, now, worker, token, max,
+# window, claims ttl, job events prefix, queue channel, mode ('take' | 'claim' | 'reclaim').
+# Returns {'reclaimed' | 'claimed', id, ...}.
+_TAKE = f"""
+local mode = ARGV[10]
+if mode ~= 'claim' then
+  local left = {{}}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local jk = ARGV[1] .. id
+    local st = redis.call('HGET', jk, 'status')
+    if st and not ({_FINAL_LUA}) then
+      redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'stage', 'preprocess')
+      redis.call('HINCRBY', jk, 'deliveries', 1)
+      redis.call('PUBLISH', ARGV[8] .. id, 'preprocess')
+      table.insert(left, id)
+    end
+  end
+  if #left > 0 or mode == 'reclaim' then return {{'reclaimed', unpack(left)}} end
+end
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
-local claimed = {}
+local claimed = {{}}
 local method = false
 for _, id in ipairs(ids) do
   if #claimed >= tonumber(ARGV[5]) then break end
@@ -76,30 +94,19 @@ for _, id in ipairs(ids) do
   elseif not method or rec[2] == method then
     method = rec[2]
     redis.call('ZREM', KEYS[1], id)
-    redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'token', ARGV[4])
+    redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'token', ARGV[4],
+               'stage', 'preprocess')
     redis.call('HINCRBY', jk, 'deliveries', 1)
     redis.call('SADD', KEYS[2], id)
+    redis.call('PUBLISH', ARGV[8] .. id, 'preprocess')
     table.insert(claimed, id)
   end
 end
-if #claimed > 0 then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
-return claimed
-"""
-
-# A redelivered token takes back the jobs its earlier, interrupted run claimed but never finished.
-# KEYS: claims set. ARGV: job key prefix, now, worker. Returns those job IDs.
-_RECLAIM = f"""
-local out = {{}}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local jk = ARGV[1] .. id
-  local st = redis.call('HGET', jk, 'status')
-  if st and not ({_FINAL_LUA}) then
-    redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
-    redis.call('HINCRBY', jk, 'deliveries', 1)
-    table.insert(out, id)
-  end
+if #claimed > 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  redis.call('PUBLISH', ARGV[9], 'moved')  -- everyone behind moved up
 end
-return out
+return {{'claimed', unpack(claimed)}}
 """
 
 # KEYS: job, queued zset, upload, completions zset, metrics hash.
@@ -137,6 +144,18 @@ end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 return 'cancelling'
 """
+
+
+@dataclass
+class Completed:
+    """A job that succeeded on a worker, ready to be recorded."""
+
+    job_id: str
+    queue: str
+    result: JobResult
+    artifacts: dict[str, bytes]
+    queue_wait_s: float
+    service_s: float
 
 
 @dataclass
@@ -207,8 +226,7 @@ class JobStore:
         self.job_ttl_s = job_ttl_s
         self.upload_ttl_s = upload_ttl_s
         self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._reclaim = client.register_script(_RECLAIM)
+        self._take = client.register_script(_TAKE)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
 
@@ -290,31 +308,60 @@ class JobStore:
             pipe.hgetall(self.keys.job(j))
         return [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
 
+    def take(self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64, mode: str = "take"):
+        """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE."""
+        k = self.keys
+        out = self._take(
+            keys=[k.queued(queue), k.claims(token)],
+            args=[k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
+                  k.job_events(""), k.queue_events(queue), mode],
+        )  # fmt: skip
+        return out[0] == b"reclaimed", [x.decode() for x in out[1:]]
+
     def claim(self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64) -> list[str]:
-        """Claim the next jobs of ``queue`` for the task ``token``; see _CLAIM."""
-        out = self._claim(
-            keys=[self.keys.queued(queue), self.keys.claims(token)],
-            args=[
-                self.keys.job(""),
-                repr(time.time()),
-                worker,
-                token,
-                max_jobs,
-                max(window, max_jobs),
-                self.claims_ttl_s,
-            ],
-        )
-        if out:
-            self.notify_queue(queue)  # claimed jobs are running; everyone behind moved up
-        return [x.decode() for x in out]
+        """The next jobs of ``queue``, in order, claimed for ``token``."""
+        return self.take(queue, token, worker, max_jobs, window, mode="claim")[1]
 
     def reclaim(self, token: str, worker: str) -> list[str]:
         """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""
-        out = self._reclaim(keys=[self.keys.claims(token)], args=[self.keys.job(""), repr(time.time()), worker])
-        ids = [x.decode() for x in out]
-        if ids:
-            self.notify(*ids)
-        return ids
+        return self.take("", token, worker, mode="reclaim")[1]
+
+    def load_for_run(self, job_ids: list[str]) -> list[tuple[JobRecord | None, bytes | None]]:
+        """Records and uploads of the jobs a worker is about to run, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for j in job_ids:
+            pipe.hgetall(self.keys.job(j))
+            pipe.get(self.keys.upload(j))
+        got = pipe.execute()
+        return [(JobRecord.from_hash(h) if h else None, up) for h, up in zip(got[0::2], got[1::2], strict=True)]
+
+    def complete(self, done: list[Completed], artifact_ttl_s: int, token: str | None = None) -> list[bool]:
+        """Store the artifacts and results of succeeded jobs, their timings and (with ``token``)
+        the end of the token's claims: one round trip. Returns, per job, whether its result was
+        recorded (False: it was already final, e.g. after a duplicate run)."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        for d in done:
+            for name, data in d.artifacts.items():
+                pipe.set(k.artifact(d.job_id, name), data, ex=artifact_ttl_s)
+        marks = []
+        for d in done:
+            marks.append(len(pipe))
+            self._finish(
+                keys=[k.job(d.job_id), k.queued(d.queue), k.upload(d.job_id), k.completions(d.queue), k.metrics()],
+                args=[d.job_id, JobStatus.succeeded.value, repr(time.time()), self.job_ttl_s, "result",
+                      d.result.model_dump_json(), k.model_of(d.queue)],
+                client=pipe,
+            )  # fmt: skip
+            pipe.publish(k.job_events(d.job_id), JobStatus.succeeded.value)
+            pipe.lpush(k.service_times(d.queue), f"{d.service_s:.6f}")
+            pipe.ltrim(k.service_times(d.queue), 0, 49)
+            metrics.observe(pipe, k, "queue_wait", k.model_of(d.queue), d.queue_wait_s)
+            metrics.observe(pipe, k, "service", k.model_of(d.queue), d.service_s)
+        if token is not None:
+            pipe.delete(k.claims(token))
+        results = pipe.execute()
+        return [bool(results[i]) for i in marks]
 
     def claimed(self, token: str) -> list[str]:
         return [x.decode() for x in self.r.smembers(self.keys.claims(token))]

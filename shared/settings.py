@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     worker_models: str = ""  # comma-separated model names this worker serves; empty: all
     cpu_workers: int = 1  # worker processes the launcher starts when no GPU is used
     model_cache_size: int = 2  # loaded model versions kept per worker (LRU)
+    channels_last: bool = True  # NHWC memory layout for conv models (measured faster; fp32 kept)
     max_batch_size: int = 1  # jobs of one model and method run as one forward/backward pass
     torch_threads: int = 0  # 0: leave torch's default
     task_soft_time_limit_s: int = 120

@@ -61,7 +61,8 @@ class Pipeline:
         h, w = self.model.manifest.input_size
         arr = np.stack([np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.uint8) for im in images])
         x = torch.from_numpy(arr).to(self.model.device).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.model.mean) / self.model.std
+        x = (x - self.model.mean) / self.model.std
+        return x.contiguous(memory_format=torch.channels_last) if self.model.channels_last else x.contiguous()
 
     def run(self, items: list[Item], method: Method, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
         stage = on_stage or (lambda _s: None)

@@ -22,7 +22,7 @@ from shared import webhooks
 from shared.artifacts import ArtifactStore
 from shared.celery_app import app as celery_app
 from shared.imaging import ImageRejected
-from shared.jobs import JobRecord, JobStore
+from shared.jobs import Completed, JobRecord, JobStore
 from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
@@ -61,54 +61,54 @@ class JobRunner:
 
     def run_token(self, token: str, queue: str) -> dict[str, str]:
         """Run what the Celery task ``token`` is owed; returns job ID -> final status."""
+        reclaimed, job_ids = self.jobs.take(queue, token, self.worker, self.max_batch_size)
         outcome: dict[str, str] = {}
-        recovered = self.jobs.reclaim(token, self.worker)
-        if recovered:
-            log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(recovered))
-            for job_id in recovered:
-                outcome.update(self.run_batch([job_id]))
-        else:
-            claimed = self.jobs.claim(queue, token, self.worker, self.max_batch_size)
-            if claimed:
-                outcome.update(self.run_batch(claimed))
-        self.jobs.release(token)
+        done: list[tuple[JobRecord, Completed]] = []
+        if reclaimed:  # one at a time: a job that kills its worker takes down only itself
+            log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(job_ids))
+            for job_id in job_ids:
+                outcome.update(self.run_batch([job_id], done))
+        elif job_ids:
+            outcome.update(self.run_batch(job_ids, done))
+        recorded = self.jobs.complete([c for _, c in done], self.artifacts.ttl_s, token=token)
+        for (rec, _), ok in zip(done, recorded, strict=True):
+            if ok:
+                outcome[rec.id] = "succeeded"
+                self.finished(rec)
+            else:
+                log.info("job %s reached a final state elsewhere; this result is dropped", rec.id)
+                outcome[rec.id] = "duplicate"
         return outcome
 
-    def run_batch(self, job_ids: list[str]) -> dict[str, str]:
+    def run_batch(self, job_ids: list[str], done: list) -> dict[str, str]:
+        """Run jobs (one batch per model, version and method); succeeded ones are appended to ``done``."""
         with job_context(*job_ids):
             log.info("running %d job(s)", len(job_ids))
-            outcome = self._run_batch(job_ids)
-            log.info("finished: %s", ", ".join(sorted(set(outcome.values()))))
+            started = time.time()
+            outcome: dict[str, str] = {}
+            runnable: list[tuple[JobRecord, bytes]] = []
+            for job_id, (rec, data) in zip(job_ids, self.jobs.load_for_run(job_ids), strict=True):
+                if rec is None:
+                    log.warning("job %s has no record (expired); dropping it", job_id)
+                    outcome[job_id] = "missing"
+                elif rec.deliveries > self.max_deliveries:
+                    msg = f"the worker running this job died {rec.deliveries - 1} times; it will not be retried"
+                    outcome[job_id] = self._fail(rec, "poison_job", msg)
+                elif data is None:
+                    msg = "the uploaded image expired before the job ran"
+                    outcome[job_id] = self._fail(rec, "upload_missing", msg)
+                else:
+                    runnable.append((rec, data))
+
+            def group_key(pair: tuple[JobRecord, bytes]) -> tuple[str, str, str]:
+                spec = pair[0].spec
+                return spec.model, spec.model_version, spec.method.value
+
+            for _key, group in groupby(sorted(runnable, key=group_key), key=group_key):
+                outcome.update(self._run_group(list(group), started, done))
             return outcome
 
-    def _run_batch(self, job_ids: list[str]) -> dict[str, str]:
-        started = time.time()
-        outcome: dict[str, str] = {}
-        runnable: list[tuple[JobRecord, bytes]] = []
-        for job_id, rec in zip(job_ids, self.jobs.get_many(job_ids), strict=True):
-            if rec is None:
-                log.warning("job %s has no record (expired); dropping it", job_id)
-                outcome[job_id] = "missing"
-                continue
-            if rec.deliveries > self.max_deliveries:
-                msg = f"the worker running this job died {rec.deliveries - 1} times; it will not be retried"
-                outcome[job_id] = self._fail(rec, "poison_job", msg)
-                continue
-            data = self.artifacts.get_upload(job_id)
-            if data is None:
-                outcome[job_id] = self._fail(rec, "upload_missing", "the uploaded image expired before the job ran")
-                continue
-            runnable.append((rec, data))
-
-        def group_key(pair: tuple[JobRecord, bytes]) -> tuple[str, str, str]:
-            spec = pair[0].spec
-            return spec.model, spec.model_version, spec.method.value
-
-        for _key, group in groupby(sorted(runnable, key=group_key), key=group_key):
-            outcome.update(self._run_group(list(group), started))
-        return outcome
-
-    def _run_group(self, group: list[tuple[JobRecord, bytes]], started: float) -> dict[str, str]:
+    def _run_group(self, group: list[tuple[JobRecord, bytes]], started: float, done: list) -> dict[str, str]:
         spec = group[0][0].spec
         try:
             manifest = self.store.manifest(spec.model, spec.model_version)
@@ -126,36 +126,36 @@ class JobRunner:
             return {rec.id: self._fail(rec, "timeout", "the job ran past its time limit") for rec, _ in group}
         except ImageRejected as e:
             if len(group) > 1:  # one undecodable image: the others still run
-                return self._one_by_one(group, hook.cancelled, started)
+                return self._one_by_one(group, hook.cancelled, started, done)
             return {group[0][0].id: self._fail(group[0][0], e.code, e.message)}
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(group) > 1:  # maybe only the batch was too big: try each job alone
-                return self._one_by_one(group, hook.cancelled, started)
+                return self._one_by_one(group, hook.cancelled, started, done)
             return {group[0][0].id: self._fail(group[0][0], "out_of_memory", "the device ran out of memory")}
         except Exception as e:  # a bug or an unforeseen input: fail the job, keep the worker
             if len(group) > 1:  # find the one job that breaks the batch; the others still succeed
-                return self._one_by_one(group, hook.cancelled, started)
+                return self._one_by_one(group, hook.cancelled, started, done)
             log.exception("job %s failed unexpectedly", group[0][0].id)
             return {group[0][0].id: self._fail(group[0][0], "internal_error", f"{type(e).__name__}: {e}"[:500])}
         per_job_s = (time.time() - t0) / len(group)  # what one job costs this worker, batching included
         out = dict.fromkeys(hook.cancelled, "cancelled")
         for (rec, _), res in zip(group, results, strict=True):
             if rec.id not in hook.cancelled:
-                out[rec.id] = self._succeed(rec, res, manifest, started, len(group))
-                self.jobs.record_service(rec.queue, max(0.0, started - rec.created_at), per_job_s)
+                result = self._result(rec, res, manifest, started, len(group))
+                wait_s = max(0.0, started - rec.created_at)
+                done.append((rec, Completed(rec.id, rec.queue, result, res.artifacts, wait_s, per_job_s)))
         return out
 
-    def _one_by_one(self, group, cancelled: set[str], started: float) -> dict[str, str]:
+    def _one_by_one(self, group, cancelled: set[str], started: float, done: list) -> dict[str, str]:
         out = dict.fromkeys(cancelled, "cancelled")
         for pair in group:
             if pair[0].id not in cancelled:
-                out.update(self._run_group([pair], started))
+                out.update(self._run_group([pair], started, done))
         return out
 
-    def _succeed(self, rec: JobRecord, res: ItemResult, manifest: ModelManifest, started: float, batch: int) -> str:
-        self.artifacts.put(rec.id, res.artifacts)
-        result = JobResult(
+    def _result(self, rec: JobRecord, res: ItemResult, manifest: ModelManifest, started: float, batch: int):
+        return JobResult(
             model=ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256),
             image=ImageSize(width=res.width, height=res.height),
             classes=res.classes,
@@ -168,11 +168,6 @@ class JobRunner:
             batch_size=batch,
             reproduce=reproduction(manifest, rec, self.device_name, res.explanation.target_layer),
         )
-        if not self.jobs.succeed(rec.id, rec.queue, result):
-            log.info("job %s reached a final state elsewhere; this result is dropped", rec.id)
-            return "duplicate"
-        self.finished(rec)
-        return "succeeded"
 
     def finished(self, rec: JobRecord) -> None:
         """A job reached its final state here: post its webhook, if it asked for one."""
@@ -242,7 +237,9 @@ class StageHook:
 
     def __call__(self, stage: str) -> None:
         jobs = self.runner.jobs
-        for job_id in jobs.enter_stage(list(self.live), stage):
+        # The claim itself put the jobs in "preprocess" and told their followers: no round trip.
+        cancelled = jobs.enter_stage(list(self.live), stage) if stage != "preprocess" else []
+        for job_id in cancelled:
             rec = self.live.pop(job_id)
             if jobs.mark_cancelled(job_id, rec.queue):
                 log.info("job %s cancelled at stage %s", job_id, stage)

@@ -37,7 +37,7 @@ class SegmentTask(Task):
         jobs.release(task_id)
 
 
-@app.task(name=TASK_SEGMENT, bind=True, base=SegmentTask)
+@app.task(name=TASK_SEGMENT, bind=True, base=SegmentTask, ignore_result=True)  # the job record holds the result
 def segment(self, model: str, job_id: str | None = None) -> dict:
     outcome = runtime.runner().run_token(self.request.id, runtime.queue_for(model))
     return {"jobs": outcome}

@@ -7,7 +7,6 @@ import re
 import time
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal, enforce_rate_limit, principal
@@ -95,12 +94,12 @@ async def submit(
     url = job_url(svc.settings.public_base_url, out.job_id)
     if out.replayed:
         rec = load(svc, out.job_id, who)
-        body = JobAccepted(id=rec.id, status=rec.status, position=rec.position, url=url)
+        body = {"id": rec.id, "status": rec.status.value, "position": rec.position, "url": url}
         headers = {"Location": url, "Idempotent-Replayed": "true"}
     else:
-        body = JobAccepted(id=out.job_id, status=JobStatus.queued, position=out.position, url=url)
+        body = {"id": out.job_id, "status": JobStatus.queued.value, "position": out.position, "url": url}
         headers = {"Location": url}
-    return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 @router.get(
@@ -115,18 +114,19 @@ async def get_job(
     who: Principal = Depends(principal),
     svc: Services = Depends(services),
     hub: EventHub = Depends(event_hub),
-) -> JobView:
-    rec = await run_in_threadpool(load, svc, job_id, who)
+) -> Response:
+    rec = load(svc, job_id, who)
     if wait > 0 and not rec.status.final:
         follower = await hub.follow(job_id, rec.queue)
         try:
             deadline = time.monotonic() + wait
             while not rec.status.final and (left := deadline - time.monotonic()) > 0:
                 await follower.wait(left)
-                rec = await run_in_threadpool(load, svc, job_id, who)
+                rec = load(svc, job_id, who)
         finally:
             await hub.unfollow(follower)
-    return await run_in_threadpool(view, svc, rec)
+    # Already a validated JobView: serialise it once, not again through response_model.
+    return Response(view(svc, rec).model_dump_json(), media_type="application/json")
 
 
 @router.get(
@@ -142,7 +142,7 @@ async def job_events(
     svc: Services = Depends(services),
     hub: EventHub = Depends(event_hub),
 ) -> StreamingResponse:
-    rec = await run_in_threadpool(load, svc, job_id, who)  # 404 before the stream starts
+    rec = load(svc, job_id, who)  # 404 before the stream starts
     follower = await hub.follow(job_id, rec.queue)
 
     async def stream():
@@ -156,11 +156,11 @@ async def job_events(
             if state == last:
                 return None
             last = state
-            body = (await run_in_threadpool(view, svc, rec)).model_dump_json()
+            body = view(svc, rec).model_dump_json()
             return f"event: {rec.status.value}\ndata: {body}\n\n"
 
         try:
-            current = await run_in_threadpool(load, svc, job_id, who)
+            current = load(svc, job_id, who)
             while True:
                 if chunk := await event(current):
                     yield chunk
@@ -169,7 +169,7 @@ async def job_events(
                 messages = await follower.wait(15.0)
                 if not messages:
                     yield ": keep-alive\n\n"
-                current = await run_in_threadpool(load, svc, job_id, who)  # also after a quiet spell
+                current = load(svc, job_id, who)  # also after a quiet spell
                 for m in messages:
                     if m in STAGES and (chunk := await event(current, stage=m)):
                         yield chunk

@@ -1,0 +1,173 @@
+"""Render a benchmark run (the JSON that benchmarks.run writes) as Markdown tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _f(v, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "-"
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _check(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def markdown(run: dict) -> str:
+    m = run.get("machine", {})
+    s = run["sections"]
+    args = run.get("args", {})
+    out = [
+        f"# segcam benchmark, {run.get('started', '')}",
+        "",
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, device {m.get('device')}; torch {m.get('torch')}, "
+        f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; "
+        f"{_f(args.get('seconds'), 0)} s per timed run. One worker unless stated.",
+        "",
+    ]
+    targets = []
+    for key, title in (("demo", "demo model (shapes U-Net, 96 px input)"),
+                       ("realistic", "deeplabv3_mobilenet_v3_large, 384 px input, locally initialised")):  # fmt: skip
+        c = s.get(f"compare_{key}")
+        if not c:
+            continue
+        lim, low, d = c["limit"], c["segcam_low_load"], c["direct"]
+        out += [
+            f"## {title}",
+            "",
+            "| setup | workers x max batch | clients | images/s | p50 ms | p95 ms | p99 ms "
+            "| overhead p50 / p99 ms | errors | timeouts | wrong results |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| in-process limit (decode, preprocess, forward + Grad-CAM, encode) | 1 process | - "
+            f"| {_f(lim['images_per_s'], 2)} | {_f(lim['ms_per_image'])} | - | - | - | - | - | - |",
+        ]
+        for label, name in (("segcam_low_load", "segcam over HTTP, low load"),
+                            ("segcam_saturated", "segcam over HTTP, saturated"),
+                            ("segcam_saturated_batch8", "segcam over HTTP, saturated, batching"),
+                            ("segcam_2_workers", "segcam over HTTP, one worker per core")):  # fmt: skip
+            r = c.get(label)
+            if r is None:
+                continue
+            lat, ovh = r["latency_ms"], r["overhead_ms"]
+            out.append(
+                f"| {name} | {r['workers']} x {r['max_batch']} | {r['clients']} | {_f(r['throughput_per_s'], 2)} "
+                f"| {_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | {_f(ovh['p50'])} / {_f(ovh['p99'])} "
+                f"| {r['errors']} | 0 | {r['wrong_results']} |"
+            )
+        kinds = f" ({', '.join(d['error_kinds'])})" if d.get("error_kinds") else ""
+        died = "; server died" if d.get("server_died") else ""
+        lat = d["latency_ms"]
+        out += [
+            f"| direct FastAPI endpoint (thread pool, shared model) | 1 process | {d['clients']} "
+            f"| {_f(d['throughput_per_s'], 2)} | {_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | - "
+            f"| {d['errors']}{kinds}{died} | {d['timeouts']} | {d['wrong_results']} |",
+            "",
+            f"Saturation efficiency (segcam, one worker, saturated / in-process limit): **{c['efficiency']:.3f}**.",
+            "",
+        ]
+        if key == "realistic":
+            targets.append(("saturation efficiency, realistic model, one worker", ">= 0.95", f"{c['efficiency']:.3f}",
+                            c["efficiency"] >= 0.95))  # fmt: skip
+        targets.append((f"overhead p50 at low load ({key})", "<= 5 ms", f"{_f(low['overhead_ms']['p50'])} ms",
+                        low["overhead_ms"]["p50"] <= 5))  # fmt: skip
+        targets.append((f"overhead p99 at low load ({key})", "<= 25 ms", f"{_f(low['overhead_ms']['p99'])} ms",
+                        low["overhead_ms"]["p99"] <= 25))  # fmt: skip
+    over = [(k, s[f"overload_{k}"]) for k in ("demo", "realistic") if f"overload_{k}" in s]
+    if over:
+        out += [
+            "## Overload: open-loop arrivals at several times capacity",
+            "",
+            "| model | offered rate | setup | offered | completed | refused (429) | refusal p50 / p99 ms "
+            "| timeouts | errors | accepted but lost | latency p50 / p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for k, o in over:
+            sg, d = o["segcam"], o["direct"]
+            refusal = f"{_f(sg['refusal_ms']['p50'])} / {_f(sg['refusal_ms']['p99'])}"
+            out.append(
+                f"| {k} | {_f(o['rate_per_s'])}/s | segcam (queue bound 8) | {sg['offered']} "
+                f"| {sg['accepted_completed']} | {sg['refused_429']} | {refusal} | 0 | {sg['other']} "
+                f"| {sg['accepted_lost']} | - |"
+            )
+            out.append(
+                f"| {k} | {_f(o['rate_per_s'])}/s | direct FastAPI | {d['offered']} | {d['completed']} | - | - "
+                f"| {d['timeouts']} | {d['errors']}{'; server died' if d.get('server_died') else ''} | - "
+                f"| {_f(d['latency_ms']['p50'])} / {_f(d['latency_ms']['p99'])} |"
+            )
+            targets.append((f"refusal p99 under overload ({k})", "< 20 ms", f"{_f(sg['refusal_ms']['p99'])} ms",
+                            sg["refusal_ms"]["p99"] < 20))  # fmt: skip
+            targets.append((f"accepted jobs lost under overload ({k})", "0", str(sg["accepted_lost"]),
+                            sg["accepted_lost"] == 0))  # fmt: skip
+        out.append("")
+    if g := s.get("gateway"):
+        out += [
+            "## Gateway alone (no workers)",
+            "",
+            f"{g['requests']} submissions of a {g['image_bytes'] // 1024} KB PNG over {_f(g['seconds'])} s, 16 "
+            f"keep-alive connections, one API process: **{_f(g['accepted_per_s'], 0)} accepted/s**, "
+            f"p50 {_f(g['p50_ms'])} ms, p99 {_f(g['p99_ms'])} ms; API resident memory {_f(g['api_rss_mb'])} MB; "
+            f"torch loaded in the API: {'yes' if g['torch_loaded'] else 'no'}. Status codes: {g['status_codes']}.",
+            "",
+        ]
+        targets += [
+            ("gateway accepted submissions/s (64 KB class images)", ">= 500", _f(g["accepted_per_s"], 0),
+             g["accepted_per_s"] >= 500),
+            ("API resident memory", "<= 150 MB", f"{_f(g['api_rss_mb'])} MB", g["api_rss_mb"] <= 150),
+            ("torch imported by the API", "no", "yes" if g["torch_loaded"] else "no", not g["torch_loaded"]),
+        ]  # fmt: skip
+    if mem := s.get("memory"):
+        out += [
+            "## Worker memory",
+            "",
+            f"{mem['jobs']} consecutive jobs (demo model): pool child RSS {_f(mem['start_mb'])} MB after 200 jobs, "
+            f"{_f(mem['end_mb'])} MB at the end: drift **{_f(mem['drift_pct'], 2)} %**. "
+            f"Samples (jobs, MB): {', '.join(f'{j}: {_f(r)}' for j, r in mem['samples_mb'])}.",
+            "",
+        ]
+        targets.append(("worker RSS drift over the run", "<= 5 %", f"{_f(mem['drift_pct'], 2)} %",
+                        abs(mem["drift_pct"]) <= 5))  # fmt: skip
+    if rows := s.get("batching"):
+        base_lim = rows[0]["limit"]["images_per_s"]
+        base_seg = rows[0]["segcam"]["throughput_per_s"]
+        out += [
+            "## Batch sizes (realistic model)",
+            "",
+            "| max batch | in-process images/s | x batch 1 | segcam images/s | x batch 1 | mean batch formed "
+            "| segcam p50 / p99 ms | clients |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lim, seg = r["limit"], r["segcam"]
+            out.append(
+                f"| {r['batch']} | {_f(lim['images_per_s'], 2)} | {lim['images_per_s'] / base_lim:.2f} "
+                f"| {_f(seg['throughput_per_s'], 2)} | {seg['throughput_per_s'] / base_seg:.2f} "
+                f"| {_f(seg['mean_batch'], 2)} | {_f(seg['latency_ms']['p50'])} / {_f(seg['latency_ms']['p99'])} "
+                f"| {seg['clients']} |"
+            )
+        out.append("")
+    if prec := s.get("precision"):
+        out += [
+            "## Forward pass: memory layout and autocast (realistic model, batch 1)",
+            "",
+            "| layout | dtype | forward ms | argmax agreement with fp32 |",
+            "|---|---|---|---|",
+        ]
+        out += [f"| {r['layout']} | {r['dtype']} | {_f(r['forward_ms'])} | {r['mask_agreement']:.4f} |" for r in prec]
+        out.append("")
+    if targets:
+        out += ["## Targets", "", "| target | goal | measured | |", "|---|---|---|---|"]
+        out += [f"| {name} | {goal} | {got} | {_check(ok)} |" for name, goal, got, ok in targets]
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

@@ -1,0 +1,639 @@
+"""segcam's benchmark: the in-process limit, segcam over HTTP, direct FastAPI, overload,
+the gateway alone, worker memory, batch sizes and precision, side by side in one run.
+
+    python -m benchmarks.run                 # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run --quick         # short runs, for a smoke test
+
+Writes benchmarks/results/<utc-time>.json and .md, and benchmarks/results/latest.md.
+Every section uses the same models, the same images and the same torch thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import redis
+
+from benchmarks import loadgen
+from stack.local import API_CMD, free_port, python_cmd, redis_answers, start_redis
+from training.shapes import make_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DEMO_STORE = ROOT / "models" / "store"
+
+MODELS = {  # name in the store, image size sent by clients
+    "demo": ("shapes", (256, 192)),
+    "realistic": ("deeplab", (384, 288)),
+}
+
+
+# ---------------------------------------------------------------- setup
+
+
+def build_store(root: Path) -> Path:
+    """The demo model plus deeplabv3_mobilenet_v3_large (locally initialised) at 384 px."""
+    import torch
+
+    from shared.model_store import ModelStore
+    from worker.archs.registry import build
+    from worker.model_import import import_state_dict
+
+    shutil.copytree(DEMO_STORE / "shapes", root / "shapes")
+    torch.manual_seed(0)
+    state = build("deeplabv3_mobilenet_v3_large", 21)[0].net.state_dict()
+    labels = ["background", *(f"class{i}" for i in range(1, 21))]
+    import_state_dict(ModelStore(root), state, name="deeplab", architecture="deeplabv3_mobilenet_v3_large",
+                      labels=labels, input_size=(384, 384))  # fmt: skip
+    return root
+
+
+def images(size: tuple[int, int], n: int = 16) -> list[bytes]:
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        make_scene(60_000_000 + i, size=256).image.resize(size).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+class Procs:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def spawn(self, name: str, cmd: list[str], **extra: str) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            p = subprocess.Popen(python_cmd(cmd), cwd=ROOT, env={**self.env, **extra}, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.procs[name] = p
+        return p
+
+    def wait_http(self, url: str, timeout: float = 60, workers: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(url, timeout=2)
+                if r.status_code == 200 and (not workers or len(r.json().get("workers", [])) >= workers):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{url} not ready; logs in {self.log_dir}")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        self.procs.clear()
+
+
+# ---------------------------------------------------------------- sections
+
+
+def limit(store: Path, model: str, imgs: list[bytes], seconds: float, batch: int = 1) -> dict:
+    """The worker's own pipeline in a tight loop: the ceiling for one worker."""
+    import torch
+
+    from shared.model_store import ModelStore
+    from shared.schemas import Method
+    from worker.loader import load_model
+    from worker.pipeline import Item, Pipeline
+
+    ms = ModelStore(store)
+    pipe = Pipeline(load_model(ms, ms.resolve(model), torch.device("cpu")))
+    reference = [explanation_key(pipe.run([Item("r", im)], Method.gradcam)[0].explanation.model_dump()) for im in imgs]
+    n, k, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pipe.run([Item(str(j), imgs[(k + j) % len(imgs)]) for j in range(batch)], Method.gradcam)
+        n += batch
+        k += batch
+    dt = time.perf_counter() - t0
+    return {"images_per_s": n / dt, "ms_per_image": 1000 * dt / n, "images": n, "reference": reference}
+
+
+def explanation_key(e: dict) -> tuple:
+    """What must match a single-threaded run of the same image for a result to count as right."""
+    peak = e.get("peak") or {}
+    return (e.get("class_id"), peak.get("x"), peak.get("y"), round(e.get("energy_in_mask") or 0.0, 3))
+
+
+def closed_loop(url: str, imgs: list[bytes], model: str, clients: int, seconds: float, ref: list | None = None) -> dict:
+    """``clients`` users, each submitting, waiting for the result (long-poll), and again."""
+    lat, compute, queue_wait, errors, batch_sizes, wrong = [], [], [], [], [], []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def user(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            k = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                idx = k % len(imgs)
+                r = c.post("/v1/jobs", files={"image": ("a.png", imgs[idx])}, data={"model": model})
+                k += clients
+                if r.status_code != 202:
+                    with lock:
+                        errors.append(r.status_code)
+                    continue
+                jid = r.json()["id"]
+                while (job := c.get(f"/v1/jobs/{jid}", params={"wait": 30}).json())["status"] in ("queued", "running"):
+                    pass
+                t1 = time.perf_counter()
+                with lock:
+                    if job["status"] != "succeeded":
+                        errors.append(job["status"])
+                        continue
+                    lat.append((t1 - t0) * 1000)
+                    if ref is not None and explanation_key(job["result"]["explanation"]) != ref[idx]:
+                        wrong.append(idx)
+                    compute.append(job["result"]["timings_ms"]["total_ms"])
+                    queue_wait.append(job["result"]["timings_ms"]["queue_wait_ms"])
+                    batch_sizes.append(job["result"]["batch_size"])
+
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(user, range(clients)))
+    wall = time.perf_counter() - t_start
+    overhead = [a - b for a, b in zip(lat, compute, strict=True)]
+    return {
+        "clients": clients,
+        "completed": len(lat),
+        "errors": len(errors),
+        "wrong_results": len(wrong),
+        "throughput_per_s": len(lat) / wall,
+        "latency_ms": {"p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99)},
+        "overhead_ms": {"p50": pct(overhead, 0.5), "p99": pct(overhead, 0.99)},
+        "compute_ms_p50": pct(compute, 0.5),
+        "queue_wait_ms_p50": pct(queue_wait, 0.5),
+        "mean_batch": statistics.mean(batch_sizes) if batch_sizes else 0,
+    }
+
+
+def direct_closed_loop(
+    url: str, imgs: list[bytes], clients: int, seconds: float, ref: list | None = None, timeout: float = 60
+) -> dict:
+    lat, errors, timeouts, wrong = [], [], 0, []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def user(i: int) -> None:
+        nonlocal timeouts
+        with httpx.Client(base_url=url, timeout=timeout) as c:
+            k = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                idx = k % len(imgs)
+                try:
+                    r = c.post("/segment", files={"image": ("a.png", imgs[idx])})
+                    ok = r.status_code == 200
+                except httpx.TimeoutException:
+                    with lock:
+                        timeouts += 1
+                    continue
+                except httpx.HTTPError as e:
+                    with lock:
+                        errors.append(type(e).__name__)
+                    time.sleep(0.5)
+                    continue
+                k += clients
+                with lock:
+                    if not ok:
+                        errors.append(r.status_code)
+                        continue
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    if ref is not None and explanation_key(r.json()["explanation"]) != ref[idx]:
+                        wrong.append(idx)
+
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(user, range(clients)))
+    wall = time.perf_counter() - t_start
+    return {
+        "clients": clients,
+        "completed": len(lat),
+        "errors": len(errors),
+        "error_kinds": sorted({str(e) for e in errors}),
+        "timeouts": timeouts,
+        "wrong_results": len(wrong),
+        "throughput_per_s": len(lat) / wall,
+        "latency_ms": {"p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99)},
+    }
+
+
+def open_loop(send, rate: float, seconds: float) -> list:
+    """Fire ``send`` at a fixed arrival rate, whatever the answers: an overload, not a queue of users."""
+    results: list = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        out = send()
+        with lock:
+            results.append(out)
+
+    with ThreadPoolExecutor(64) as pool:
+        t0 = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter()) - t0 < seconds:
+            due = t0 + n / rate
+            if now < due:
+                time.sleep(due - now)
+            pool.submit(one)
+            n += 1
+    return results
+
+
+def overload_segcam(url: str, imgs: list[bytes], model: str, rate: float, seconds: float) -> dict:
+    client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=64))
+    counter = iter(range(10**9))
+
+    def send():
+        i = next(counter)
+        t0 = time.perf_counter()
+        r = client.post("/v1/jobs", files={"image": ("a.png", imgs[i % len(imgs)])}, data={"model": model})
+        return r.status_code, (time.perf_counter() - t0) * 1000, r.json().get("id")
+
+    results = open_loop(send, rate, seconds)
+    accepted = [jid for code, _, jid in results if code == 202]
+    refused = [ms for code, ms, _ in results if code == 429]
+    finals = {}
+    for jid in accepted:
+        while (job := client.get(f"/v1/jobs/{jid}", params={"wait": 30}).json())["status"] in ("queued", "running"):
+            pass
+        finals[jid] = job["status"]
+    client.close()
+    return {
+        "offered": len(results),
+        "accepted": len(accepted),
+        "refused_429": len(refused),
+        "other": len(results) - len(accepted) - len(refused),
+        "refusal_ms": {"p50": pct(refused, 0.5), "p99": pct(refused, 0.99)},
+        "accepted_completed": sum(1 for s in finals.values() if s == "succeeded"),
+        "accepted_lost": sum(1 for s in finals.values() if s != "succeeded"),
+    }
+
+
+def overload_direct(url: str, imgs: list[bytes], rate: float, seconds: float, timeout: float = 30) -> dict:
+    client = httpx.Client(base_url=url, timeout=timeout, limits=httpx.Limits(max_connections=64))
+    counter = iter(range(10**9))
+
+    def send():
+        i = next(counter)
+        t0 = time.perf_counter()
+        try:
+            r = client.post("/segment", files={"image": ("a.png", imgs[i % len(imgs)])})
+            return r.status_code, (time.perf_counter() - t0) * 1000
+        except httpx.TimeoutException:
+            return "timeout", (time.perf_counter() - t0) * 1000
+        except httpx.HTTPError as e:
+            return type(e).__name__, (time.perf_counter() - t0) * 1000
+
+    results = open_loop(send, rate, seconds)
+    client.close()
+    ok = [ms for code, ms in results if code == 200]
+    return {
+        "offered": len(results),
+        "completed": len(ok),
+        "timeouts": sum(1 for code, _ in results if code == "timeout"),
+        "errors": sum(1 for code, _ in results if code not in (200, "timeout")),
+        "latency_ms": {"p50": pct(ok, 0.5), "p99": pct(ok, 0.99)},
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="segcam-bench-"))
+        self.store = build_store(self.tmp / "store")
+        self.imgs = {k: images(size) for k, (_, size) in MODELS.items()}
+        self.redis_proc = None
+        url = os.environ.get("SEGCAM_REDIS_URL", "redis://127.0.0.1:6379/12")
+        if not redis_answers(url):
+            port = free_port()
+            self.redis_proc = start_redis(port, self.tmp / "redis")
+            url = f"redis://127.0.0.1:{port}/0"
+        self.redis_url = url
+        self.out: dict = {"sections": {}}
+
+    def env(self, **extra) -> dict[str, str]:
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        return {"SEGCAM_REDIS_URL": self.redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_MODEL_DIR": str(self.store),
+                "SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": str(self.args.threads), "SEGCAM_LOG_LEVEL": "WARNING",
+                "SEGCAM_WORKER_HEARTBEAT_S": "1", **{k: str(v) for k, v in extra.items()}}  # fmt: skip
+
+    def segcam(self, workers: int = 1, models: str = "", **extra) -> tuple[Procs, str]:
+        env = self.env(SEGCAM_WORKER_MODELS=models, **extra)
+        procs = Procs(env, self.tmp)
+        port = free_port()
+        procs.spawn("api", API_CMD, SEGCAM_API_PORT=str(port), SEGCAM_API_HOST="127.0.0.1")
+        for i in range(workers):
+            procs.spawn(f"worker{i}", ["python", "-m", "worker", "--name", f"bench{i}@host"])
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_http(f"{url}/readyz", timeout=120, workers=workers)
+        procs.prefix = env["SEGCAM_KEY_PREFIX"]
+        return procs, url
+
+    def cleanup(self, procs: Procs) -> None:
+        procs.close()
+        r = redis.Redis.from_url(self.redis_url)
+        for pattern in (f"{procs.prefix}:*", f"{procs.prefix}.*", f"_kombu.binding.{procs.prefix}.*"):
+            for key in r.scan_iter(match=pattern, count=1000):
+                r.delete(key)
+
+    def direct(self, model: str) -> tuple[Procs, str]:
+        procs = Procs(self.env(BENCH_MODEL_DIR=str(self.store), BENCH_MODEL=model), self.tmp)
+        port = free_port()
+        procs.spawn("direct", ["python", "-m", "uvicorn", "benchmarks.direct_app:app", "--host", "127.0.0.1",
+                               "--port", str(port), "--log-level", "warning"])  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_http(f"{url}/docs", timeout=120)
+        procs.prefix = "none"
+        return procs, url
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # each section stores its numbers under self.out["sections"][name]
+
+    def run_limit_and_http(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.args.threads)
+        d = self.args.seconds
+        for key, (model, _) in MODELS.items():
+            self.log(f"limit: {key}")
+            lim = limit(self.store, model, self.imgs[key], d / 2)
+            ref = lim.pop("reference")
+            runs = {}
+            for label, workers, batch, clients in (
+                ("segcam_low_load", 1, 1, 1),
+                ("segcam_saturated", 1, 1, 4),
+                ("segcam_saturated_batch8", 1, 8, 12),
+                ("segcam_2_workers", 2, 1, 4),
+            ):
+                self.log(f"segcam: {key} {label}")
+                procs, url = self.segcam(workers=workers, models=model, SEGCAM_MAX_BATCH_SIZE=batch)
+                try:
+                    runs[label] = {**closed_loop(url, self.imgs[key], model, clients, d, ref), "workers": workers,
+                                   "max_batch": batch}  # fmt: skip
+                finally:
+                    self.cleanup(procs)
+            self.log(f"direct FastAPI: {key}")
+            procs, url = self.direct(model)
+            try:
+                direct = direct_closed_loop(url, self.imgs[key], 4, d, ref)
+                direct["server_died"] = procs.procs["direct"].poll() is not None
+            finally:
+                self.cleanup(procs)
+            self.out["sections"][f"compare_{key}"] = {
+                "limit": lim,
+                **runs,
+                "direct": direct,
+                "efficiency": runs["segcam_saturated"]["throughput_per_s"] / lim["images_per_s"],
+            }
+
+    def run_overload(self) -> None:
+        d = self.args.seconds
+        for key, (model, _) in MODELS.items():
+            capacity = self.out["sections"][f"compare_{key}"]["limit"]["images_per_s"]
+            rate = self.args.overload_factor * capacity
+            self.log(f"overload: {key} at {rate:.1f}/s")
+            procs, url = self.segcam(models=model, SEGCAM_MAX_QUEUE_DEPTH=8)
+            try:
+                seg = overload_segcam(url, self.imgs[key], model, rate, d)
+            finally:
+                self.cleanup(procs)
+            procs, url = self.direct(model)
+            try:
+                direct = overload_direct(url, self.imgs[key], rate, d)
+                direct["server_died"] = procs.procs["direct"].poll() is not None
+            finally:
+                self.cleanup(procs)
+            self.out["sections"][f"overload_{key}"] = {"rate_per_s": rate, "segcam": seg, "direct": direct}
+
+    def run_gateway(self) -> None:
+        self.log("gateway alone")
+        env = self.env(SEGCAM_MAX_QUEUE_DEPTH=10**9)
+        procs = Procs(env, self.tmp)
+        procs.prefix = env["SEGCAM_KEY_PREFIX"]
+        port = free_port()
+        api = procs.spawn("api-gw", API_CMD, SEGCAM_API_PORT=str(port), SEGCAM_API_HOST="127.0.0.1")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            procs.wait_http(f"{url}/healthz")
+            buf = io.BytesIO()
+            make_scene(3, size=176).image.save(buf, "PNG")  # ~55 KB of noisy PNG
+            image = buf.getvalue()
+            request = loadgen.multipart_request(f"{url}/v1/jobs", image)
+            import asyncio
+
+            asyncio.run(loadgen.run(f"{url}/v1/jobs", request, 1.0, 4))  # warm up
+            res = asyncio.run(loadgen.run(f"{url}/v1/jobs", request, self.args.seconds, 16))
+            maps = Path(f"/proc/{api.pid}/maps").read_text()
+            res.update(image_bytes=len(image), api_rss_mb=rss_mb(api.pid), torch_loaded="libtorch" in maps)
+        finally:
+            self.cleanup(procs)
+        self.out["sections"]["gateway"] = res
+
+    def run_memory(self) -> None:
+        n = self.args.memory_jobs
+        self.log(f"worker memory over {n} jobs")
+        procs, url = self.segcam(models="shapes")
+        try:
+            main = procs.procs["worker0"].pid
+            samples = []
+            done = 0
+            imgs = self.imgs["demo"]
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while done < n:
+                    ids = [c.post("/v1/jobs", files={"image": ("a.png", imgs[(done + i) % len(imgs)])}).json()["id"]
+                           for i in range(8)]  # fmt: skip
+                    for jid in ids:
+                        while c.get(f"/v1/jobs/{jid}", params={"wait": 30}).json()["status"] in ("queued", "running"):
+                            pass
+                    done += 8
+                    if done % 200 == 0:
+                        child = children(main)
+                        samples.append((done, rss_mb(child[0]) if child else float("nan")))
+        finally:
+            self.cleanup(procs)
+        base = next(rss for jobs, rss in samples if jobs >= 200)
+        self.out["sections"]["memory"] = {
+            "jobs": done, "samples_mb": samples, "start_mb": base, "end_mb": samples[-1][1],
+            "drift_pct": 100 * (samples[-1][1] - base) / base,
+        }  # fmt: skip
+
+    def run_batching(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.args.threads)
+        model, key = "deeplab", "realistic"
+        rows = []
+        for b in (1, 2, 4, 8):
+            self.log(f"batch {b}")
+            lim = limit(self.store, model, self.imgs[key], self.args.seconds / 2, batch=b)
+            lim.pop("reference")
+            procs, url = self.segcam(models=model, SEGCAM_MAX_BATCH_SIZE=b)
+            try:
+                seg = closed_loop(url, self.imgs[key], model, 2 * b + 2, self.args.seconds)
+            finally:
+                self.cleanup(procs)
+            rows.append({"batch": b, "limit": lim, "segcam": seg})
+        self.out["sections"]["batching"] = rows
+
+    def run_precision(self) -> None:
+        """channels_last and bf16 autocast for the segmentation forward (the CAM path stays fp32)."""
+        import torch
+
+        from shared.model_store import ModelStore
+        from worker.loader import load_model
+        from worker.pipeline import Pipeline
+
+        self.log("precision and memory layout")
+        torch.set_num_threads(self.args.threads)
+        ms = ModelStore(self.store)
+        loaded = load_model(ms, ms.resolve("deeplab"), torch.device("cpu"))
+        from PIL import Image
+
+        x = Pipeline(loaded).preprocess([Image.open(io.BytesIO(self.imgs["realistic"][0])).convert("RGB")])
+        net = loaded.module
+        rows = []
+        for layout in ("contiguous", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            net.to(memory_format=fmt)
+            xi = x.contiguous(memory_format=fmt)
+            for dtype in ("fp32", "bf16"):
+
+                def fwd(inp=xi, bf16=dtype == "bf16"):
+                    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        return net(inp)
+
+                fwd()
+                t0, n = time.perf_counter(), 0
+                while time.perf_counter() - t0 < max(2.0, self.args.seconds / 4):
+                    out = fwd()
+                    n += 1
+                with torch.no_grad():
+                    ref = net(x) if dtype == "bf16" else None
+                agree = float((out.float().argmax(1) == ref.argmax(1)).float().mean()) if ref is not None else 1.0
+                rows.append({"layout": layout, "dtype": dtype, "forward_ms": 1000 * (time.perf_counter() - t0) / n,
+                             "mask_agreement": agree})  # fmt: skip
+        net.to(memory_format=torch.contiguous_format)
+        self.out["sections"]["precision"] = rows
+
+    def close(self) -> None:
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": "cuda:0 " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="short runs (5 s), fewer memory jobs")
+    ap.add_argument("--seconds", type=float, default=20.0, help="duration of each timed run")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, everywhere (the same in every section)")
+    ap.add_argument("--overload-factor", type=float, default=4.0)
+    ap.add_argument("--memory-jobs", type=int, default=2000)
+    ap.add_argument("--only", help="comma-separated sections: compare,overload,gateway,memory,batching,precision")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.memory_jobs = 5.0, 400
+    only = (
+        set(args.only.split(","))
+        if args.only
+        else {"compare", "overload", "gateway", "memory", "batching", "precision"}
+    )
+    bench = Bench(args)
+    started = datetime.now(UTC)
+    bench.out.update(machine=machine(), started=started.isoformat(timespec="seconds"), args=vars(args))
+    try:
+        if "compare" in only or "overload" in only:
+            bench.run_limit_and_http()
+        if "overload" in only:
+            bench.run_overload()
+        if "gateway" in only:
+            bench.run_gateway()
+        if "memory" in only:
+            bench.run_memory()
+        if "batching" in only:
+            bench.run_batching()
+        if "precision" in only:
+            bench.run_precision()
+    finally:
+        bench.close()
+    from benchmarks.report import markdown
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(bench.out, indent=2) + "\n")
+    md = markdown(bench.out)
+    (RESULTS / f"{stamp}.md").write_text(md)
+    (RESULTS / "latest.md").write_text(md)
+    print(md)
+    print(f"wrote {RESULTS / stamp}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -86,8 +86,8 @@ def markdown(run: dict) -> str:
             "## Overload: open-loop arrivals at several times capacity",
             "",
             "| model | offered rate | setup | offered | completed | refused (429) | refusal p50 / p99 ms "
-            "| timeouts | errors | accepted but lost | latency p50 / p99 ms |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| timeouts | errors | accepted but lost | wrong results | latency p50 / p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for k, o in over:
             sg, d = o["segcam"], o["direct"]
@@ -95,12 +95,12 @@ def markdown(run: dict) -> str:
             out.append(
                 f"| {k} | {_f(o['rate_per_s'])}/s | segcam (queue bound 8) | {sg['offered']} "
                 f"| {sg['accepted_completed']} | {sg['refused_429']} | {refusal} | 0 | {sg['other']} "
-                f"| {sg['accepted_lost']} | - |"
+                f"| {sg['accepted_lost']} | {sg.get('wrong_results', '-')} | - |"
             )
             out.append(
                 f"| {k} | {_f(o['rate_per_s'])}/s | direct FastAPI | {d['offered']} | {d['completed']} | - | - "
                 f"| {d['timeouts']} | {d['errors']}{'; server died' if d.get('server_died') else ''} | - "
-                f"| {_f(d['latency_ms']['p50'])} / {_f(d['latency_ms']['p99'])} |"
+                f"| {d.get('wrong_results', '-')} | {_f(d['latency_ms']['p50'])} / {_f(d['latency_ms']['p99'])} |"
             )
             targets.append((f"refusal p99 under overload ({k})", "< 20 ms", f"{_f(sg['refusal_ms']['p99'])} ms",
                             sg["refusal_ms"]["p99"] < 20))  # fmt: skip

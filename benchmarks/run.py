@@ -273,7 +273,9 @@ def open_loop(send, rate: float, seconds: float) -> list:
     return results
 
 
-def overload_segcam(url: str, imgs: list[bytes], model: str, rate: float, seconds: float) -> dict:
+def overload_segcam(
+    url: str, imgs: list[bytes], model: str, rate: float, seconds: float, ref: list | None = None
+) -> dict:
     client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=64))
     counter = iter(range(10**9))
 
@@ -281,16 +283,18 @@ def overload_segcam(url: str, imgs: list[bytes], model: str, rate: float, second
         i = next(counter)
         t0 = time.perf_counter()
         r = client.post("/v1/jobs", files={"image": ("a.png", imgs[i % len(imgs)])}, data={"model": model})
-        return r.status_code, (time.perf_counter() - t0) * 1000, r.json().get("id")
+        return r.status_code, (time.perf_counter() - t0) * 1000, r.json().get("id"), i % len(imgs)
 
     results = open_loop(send, rate, seconds)
-    accepted = [jid for code, _, jid in results if code == 202]
-    refused = [ms for code, ms, _ in results if code == 429]
-    finals = {}
-    for jid in accepted:
+    accepted = [(jid, idx) for code, _, jid, idx in results if code == 202]
+    refused = [ms for code, ms, _, _ in results if code == 429]
+    finals, wrong = {}, 0
+    for jid, idx in accepted:
         while (job := client.get(f"/v1/jobs/{jid}", params={"wait": 30}).json())["status"] in ("queued", "running"):
             pass
         finals[jid] = job["status"]
+        if job["status"] == "succeeded" and ref is not None:
+            wrong += explanation_key(job["result"]["explanation"]) != ref[idx]
     client.close()
     return {
         "offered": len(results),
@@ -300,18 +304,28 @@ def overload_segcam(url: str, imgs: list[bytes], model: str, rate: float, second
         "refusal_ms": {"p50": pct(refused, 0.5), "p99": pct(refused, 0.99)},
         "accepted_completed": sum(1 for s in finals.values() if s == "succeeded"),
         "accepted_lost": sum(1 for s in finals.values() if s != "succeeded"),
+        "wrong_results": wrong,
     }
 
 
-def overload_direct(url: str, imgs: list[bytes], rate: float, seconds: float, timeout: float = 30) -> dict:
+def overload_direct(
+    url: str, imgs: list[bytes], rate: float, seconds: float, ref: list | None = None, timeout: float = 30
+) -> dict:
     client = httpx.Client(base_url=url, timeout=timeout, limits=httpx.Limits(max_connections=64))
     counter = iter(range(10**9))
+    wrong = []
 
     def send():
         i = next(counter)
         t0 = time.perf_counter()
         try:
             r = client.post("/segment", files={"image": ("a.png", imgs[i % len(imgs)])})
+            if (
+                r.status_code == 200
+                and ref is not None
+                and explanation_key(r.json()["explanation"]) != ref[i % len(imgs)]
+            ):
+                wrong.append(i)
             return r.status_code, (time.perf_counter() - t0) * 1000
         except httpx.TimeoutException:
             return "timeout", (time.perf_counter() - t0) * 1000
@@ -326,6 +340,7 @@ def overload_direct(url: str, imgs: list[bytes], rate: float, seconds: float, ti
         "completed": len(ok),
         "timeouts": sum(1 for code, _ in results if code == "timeout"),
         "errors": sum(1 for code, _ in results if code not in (200, "timeout")),
+        "wrong_results": len(wrong),
         "latency_ms": {"p50": pct(ok, 0.5), "p99": pct(ok, 0.99)},
     }
 
@@ -359,6 +374,7 @@ class Bench:
             url = f"redis://127.0.0.1:{port}/0"
         self.redis_url = url
         self.out: dict = {"sections": {}}
+        self.refs: dict[str, list] = {}
 
     def env(self, **extra) -> dict[str, str]:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -409,6 +425,7 @@ class Bench:
             self.log(f"limit: {key}")
             lim = limit(self.store, model, self.imgs[key], d / 2)
             ref = lim.pop("reference")
+            self.refs[key] = ref
             runs = {}
             for label, workers, batch, clients in (
                 ("segcam_low_load", 1, 1, 1),
@@ -445,12 +462,12 @@ class Bench:
             self.log(f"overload: {key} at {rate:.1f}/s")
             procs, url = self.segcam(models=model, SEGCAM_MAX_QUEUE_DEPTH=8)
             try:
-                seg = overload_segcam(url, self.imgs[key], model, rate, d)
+                seg = overload_segcam(url, self.imgs[key], model, rate, d, self.refs.get(key))
             finally:
                 self.cleanup(procs)
             procs, url = self.direct(model)
             try:
-                direct = overload_direct(url, self.imgs[key], rate, d)
+                direct = overload_direct(url, self.imgs[key], rate, d, self.refs.get(key))
                 direct["server_died"] = procs.procs["direct"].poll() is not None
             finally:
                 self.cleanup(procs)

@@ -64,7 +64,8 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # job, then up to max-1 more with the same method among the next `window`: a batch shares one
 # CAM call). Claimed jobs enter their first stage, and followers are told, in the same step.
 # KEYS: queued zset, claims set of the token. ARGV: job key prefix, now, worker, token, max,
-# window, claims ttl, job events prefix, queue channel, mode ('take' | 'claim' | 'reclaim').
+# window, claims ttl, job events prefix, queue channel, mode ('take' | 'claim' | 'reclaim'),
+# method ('' for any: the head job's method then decides).
 # Returns {'reclaimed' | 'claimed', id, ...}.
 _TAKE = f"""
 local mode = ARGV[10]
@@ -84,7 +85,7 @@ if mode ~= 'claim' then
 end
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
 local claimed = {{}}
-local method = false
+local method = ARGV[11] ~= '' and ARGV[11] or false
 for _, id in ipairs(ids) do
   if #claimed >= tonumber(ARGV[5]) then break end
   local jk = ARGV[1] .. id
@@ -308,19 +309,33 @@ class JobStore:
             pipe.hgetall(self.keys.job(j))
         return [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
 
-    def take(self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64, mode: str = "take"):
+    def take(
+        self,
+        queue: str,
+        token: str,
+        worker: str,
+        max_jobs: int = 1,
+        window: int = 64,
+        mode: str = "take",
+        method: str = "",
+    ) -> tuple[bool, list[str]]:
         """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE."""
         k = self.keys
         out = self._take(
             keys=[k.queued(queue), k.claims(token)],
             args=[k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
-                  k.job_events(""), k.queue_events(queue), mode],
+                  k.job_events(""), k.queue_events(queue), mode, method],
         )  # fmt: skip
         return out[0] == b"reclaimed", [x.decode() for x in out[1:]]
 
-    def claim(self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64) -> list[str]:
-        """The next jobs of ``queue``, in order, claimed for ``token``."""
-        return self.take(queue, token, worker, max_jobs, window, mode="claim")[1]
+    def claim(
+        self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64, method: str = ""
+    ) -> list[str]:
+        """The next jobs of ``queue``, in order, claimed for ``token`` (only ``method``'s, if given)."""
+        return self.take(queue, token, worker, max_jobs, window, mode="claim", method=method)[1]
+
+    def method_of(self, job_id: str) -> str:
+        return (self.r.hget(self.keys.job(job_id), "method") or b"").decode()
 
     def reclaim(self, token: str, worker: str) -> list[str]:
         """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""

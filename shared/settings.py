@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     model_cache_size: int = 2  # loaded model versions kept per worker (LRU)
     channels_last: bool = True  # NHWC memory layout for conv models (measured faster; fp32 kept)
     max_batch_size: int = 1  # jobs of one model and method run as one forward/backward pass
+    max_wait_ms: float = 0.0  # at low load, hold a claimed job up to this long for others to join its batch
     torch_threads: int = 0  # 0: leave torch's default
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150

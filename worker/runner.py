@@ -48,6 +48,7 @@ class JobRunner:
         max_batch_size: int = 1,
         max_deliveries: int = 3,
         fault_injection: bool = False,
+        max_wait_ms: float = 0.0,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
@@ -57,6 +58,7 @@ class JobRunner:
         self.max_batch_size = max(1, max_batch_size)
         self.device_name = str(cache.device)
         self.max_deliveries = max_deliveries
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000
         self.fault_injection = fault_injection
 
     def run_token(self, token: str, queue: str) -> dict[str, str]:
@@ -69,6 +71,7 @@ class JobRunner:
             for job_id in job_ids:
                 outcome.update(self.run_batch([job_id], done))
         elif job_ids:
+            job_ids = self._fill_batch(queue, token, job_ids)
             outcome.update(self.run_batch(job_ids, done))
         recorded = self.jobs.complete([c for _, c in done], self.artifacts.ttl_s, token=token)
         for (rec, _), ok in zip(done, recorded, strict=True):
@@ -79,6 +82,19 @@ class JobRunner:
                 log.info("job %s reached a final state elsewhere; this result is dropped", rec.id)
                 outcome[rec.id] = "duplicate"
         return outcome
+
+    def _fill_batch(self, queue: str, token: str, job_ids: list[str]) -> list[str]:
+        """Adaptive batching at low load: wait up to ``max_wait_ms`` (from the first claim) for more
+        jobs of the same method to share the pass. Under load the batch is already full."""
+        if self.max_wait_s <= 0 or len(job_ids) >= self.max_batch_size:
+            return job_ids
+        deadline = time.monotonic() + self.max_wait_s
+        method = self.jobs.method_of(job_ids[0])
+        while len(job_ids) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.002, left))
+            more = self.jobs.claim(queue, token, self.worker, self.max_batch_size - len(job_ids), method=method)
+            job_ids = job_ids + more
+        return job_ids
 
     def run_batch(self, job_ids: list[str], done: list) -> dict[str, str]:
         """Run jobs (one batch per model, version and method); succeeded ones are appended to ``done``."""

@@ -63,6 +63,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         cache=cache,
         worker=worker_name,
         max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import pytest
 import torch
@@ -96,3 +98,58 @@ def test_expired_upload_fails_the_job_with_a_reason(parts, rclient, prefix):
     rclient.delete(Keys(prefix).upload("e" * 32))
     assert runner().run_token("tok", QUEUE) == {"e" * 32: "failed"}
     assert jobs.get("e" * 32).error.code == "upload_missing"
+
+
+def test_adaptive_batching_waits_at_most_max_wait_for_company(parts):
+    jobs, _arts, runner, submit = parts
+    scenes = held_out(4)
+    submit("a" * 32, scenes[0].image)
+    r = JobRunner(jobs, _arts, runner().store, runner().cache, "w", max_batch_size=4, max_wait_ms=300)
+
+    def late_arrivals():
+        time.sleep(0.08)
+        submit("b" * 32, scenes[1].image)
+        submit("c" * 32, scenes[2].image, method=Method.hirescam)  # another method: not in this batch
+
+    t = threading.Thread(target=late_arrivals)
+    t0 = time.monotonic()
+    t.start()
+    out = r.run_token("tok", QUEUE)
+    t.join()
+    assert out == {"a" * 32: "succeeded", "b" * 32: "succeeded"}
+    assert jobs.get("a" * 32).result.batch_size == 2
+    assert jobs.get("c" * 32).status is JobStatus.queued  # left for the next token
+    assert time.monotonic() - t0 < 0.3 + 2.0  # never held past max_wait (plus the compute)
+
+
+def test_a_lone_job_is_held_no_longer_than_max_wait(parts):
+    jobs, _arts, runner, submit = parts
+    submit("d" * 32, held_out(1)[0].image)
+    r = JobRunner(jobs, _arts, runner().store, runner().cache, "w", max_batch_size=8, max_wait_ms=50)
+    assert r.run_token("tok", QUEUE) == {"d" * 32: "succeeded"}
+    result = jobs.get("d" * 32).result
+    assert result.batch_size == 1
+    assert 45 <= result.timings_ms.queue_wait_ms <= 50 + 100  # it waited for company, and not past max_wait
+
+
+def test_cancelling_one_job_of_a_batch_leaves_the_others(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    scenes = held_out(3)
+    for i, s in enumerate(scenes):
+        submit(f"{i:032x}", s.image)
+    r = runner(batch=8)
+    real_enter = jobs.enter_stage
+
+    def cancel_during_inference(ids, stage):
+        if stage == "inference":
+            jobs.cancel(f"{1:032x}", QUEUE)  # the client's DELETE arrives mid-batch
+        return real_enter(ids, stage)
+
+    jobs.enter_stage = cancel_during_inference
+    try:
+        out = r.run_token("tok", QUEUE)
+    finally:
+        jobs.enter_stage = real_enter
+    assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "cancelled", f"{2:032x}": "succeeded"}
+    assert jobs.get(f"{1:032x}").status is JobStatus.cancelled
+    assert jobs.get(f"{0:032x}").result.batch_size == 3

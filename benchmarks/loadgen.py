@@ -38,7 +38,7 @@ def multipart_request(url: str, image: bytes, fields: dict[str, str] | None = No
     return head + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader, with_body: bool = False):
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionError("closed")
@@ -47,9 +47,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     while (line := await reader.readline()) not in (b"\r\n", b""):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:].strip())
-    if length:
-        await reader.readexactly(length)
-    return status
+    body = await reader.readexactly(length) if length else b""
+    return (status, body) if with_body else status
 
 
 async def _connection(host: str, port: int, request: bytes, deadline: float, out: list) -> None:
@@ -93,6 +92,55 @@ async def run(url: str, request: bytes, seconds: float, connections: int) -> dic
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
     }
+
+
+async def at_rate(url: str, requests: list[bytes], rate: float, seconds: float) -> list[tuple[int, int, float, bytes]]:
+    """Open-loop arrivals: send ``rate`` requests per second whatever the answers, each on an idle
+    keep-alive connection (a new one when all are busy). Returns (request number, status, seconds,
+    body) per request, in completion order; request n sent ``requests[n % len(requests)]``."""
+    parts = urlsplit(url)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    out: list[tuple[int, int, float, bytes]] = []
+
+    async def one(number: int, request: bytes) -> None:
+        t0 = time.perf_counter()
+        reused = bool(idle)
+        conn = idle.pop() if reused else await asyncio.open_connection(parts.hostname, parts.port or 80)
+        try:
+            conn[1].write(request)
+            await conn[1].drain()
+            status, body = await _read_response(conn[0], with_body=True)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+            conn[1].close()
+            if reused:  # the server closed an idle keep-alive connection: what any client does, try a new one
+                conn = await asyncio.open_connection(parts.hostname, parts.port or 80)
+                try:
+                    conn[1].write(request)
+                    await conn[1].drain()
+                    status, body = await _read_response(conn[0], with_body=True)
+                except (ConnectionError, asyncio.IncompleteReadError, OSError) as e2:
+                    conn[1].close()
+                    out.append((number, 0, time.perf_counter() - t0, f"{type(e2).__name__}: {e2}".encode()))
+                    return
+            else:
+                out.append((number, 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}".encode()))
+                return
+        out.append((number, status, time.perf_counter() - t0, body))
+        idle.append(conn)
+
+    tasks = []
+    start = time.perf_counter()
+    n = 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = n / rate
+        if elapsed < due:
+            await asyncio.sleep(due - elapsed)
+        tasks.append(asyncio.create_task(one(n, requests[n % len(requests)])))
+        n += 1
+    await asyncio.gather(*tasks)
+    for _, w in idle:
+        w.close()
+    return out
 
 
 def main() -> None:

@@ -95,14 +95,7 @@ def test_aliases_deletion_and_traffic_rules(store):
 def test_torchscript_model_is_explained_like_the_eager_one(store, tmp_path):
     class Exported(ShapesUNet):
         def forward(self, x):  # logits and the target activation, segcam's TorchScript convention
-            e1 = self.enc1(x)
-            e2 = self.enc2(self.pool(e1))
-            e3 = self.enc3(self.pool(e2))
-            b = self.bottleneck(self.pool(e3))
-            d3 = self.dec3(torch.cat([self.up3(b), e3], 1))
-            d2 = self.dec2(torch.cat([self.up2(d3), e2], 1))
-            d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
-            return self.head(d1), d1
+            return self.forward_with_features(x)
 
     net = Exported(4, 16)
     net.load_state_dict(torch.load(DEMO / "weights.pt", weights_only=True))

@@ -41,6 +41,11 @@ class ShapesUNet(nn.Module):
         self.head = nn.Conv2d(w, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the last decoder block's output (the Grad-CAM layer); a TorchScript export
+        returns both, as segcam's convention for scripted models asks."""
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool(e1))
         e3 = self.enc3(self.pool(e2))
@@ -48,4 +53,4 @@ class ShapesUNet(nn.Module):
         d3 = self.dec3(torch.cat([self.up3(b), e3], 1))
         d2 = self.dec2(torch.cat([self.up2(d3), e2], 1))
         d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
-        return self.head(d1)
+        return self.head(d1), d1

@@ -421,13 +421,17 @@ class JobStore:
         return [j for j, f in zip(job_ids, flags, strict=True) if f]
 
     def drain_rate(self, queue: str, window_s: float = 60.0) -> float:
-        """Jobs finished per second over the last minute (0.0 when nothing finished yet)."""
+        """Jobs finished per second over the last minute (0.0 when nothing finished yet).
+
+        Two O(log N) reads, not the window's members: a full queue asks this on every refusal."""
         now = time.time()
-        recent = self.r.zrangebyscore(self.keys.completions(queue), now - window_s, "+inf", withscores=True)
-        if not recent:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcount(self.keys.completions(queue), now - window_s, "+inf")
+        pipe.zrangebyscore(self.keys.completions(queue), now - window_s, "+inf", start=0, num=1, withscores=True)
+        count, oldest = pipe.execute()
+        if not count:
             return 0.0
-        span = max(1.0, now - recent[0][1])
-        return len(recent) / span
+        return count / max(1.0, now - oldest[0][1])
 
     def _finalize(self, job_id: str, queue: str, status: JobStatus, field: str, value: str) -> bool:
         k = self.keys

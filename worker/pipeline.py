@@ -99,7 +99,7 @@ class Pipeline:
         }
         for i, image in enumerate(images):
             te = self.clock()
-            res = self._postprocess(image, out.logits[i], out.cams[i], out.targets[i], method)
+            res = self._postprocess(image, out.logits[i : i + 1], out.cams[i], out.targets[i], method)
             res.timings_ms = {**shared_ms, "encode_ms": (self.clock() - te) * 1000}
             results.append(res)
         return results
@@ -119,11 +119,17 @@ class Pipeline:
         return ItemResult(W, H, stats, explanation, artifacts, cam, labels)
 
     def _labels_and_stats(self, logits: torch.Tensor, H: int, W: int) -> tuple[np.ndarray, list[ClassStat]]:
-        C = logits.shape[0]
+        """``logits``: (1, C, h, w), a slice of the batch that keeps its memory layout (indexing
+        one image out of a channels_last batch gives strides that send interpolate down a path
+        4x slower)."""
+        C = logits.shape[1]
         if C * H * W <= FULL_RES_LOGITS_BUDGET:
-            logits = F.interpolate(logits[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]
-        probs = logits.float().softmax(0)
-        conf, pred = probs.max(0)
+            logits = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)
+        scores = logits[0].float()
+        top, pred = scores.max(0)
+        # The top softmax probability, 1 / sum(exp(l - max)), without a full softmax (which is
+        # 4x slower on channels_last logits); same argmax, same value.
+        conf = torch.exp(scores - top).sum(0).reciprocal_()
         pred_np = pred.to(torch.uint8).cpu().numpy()
         counts = np.bincount(pred_np.ravel(), minlength=C)
         conf_sums = torch.zeros(C, device=conf.device).index_add_(0, pred.flatten(), conf.flatten()).cpu().numpy()

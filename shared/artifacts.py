@@ -18,16 +18,17 @@ class ArtifactStore:
         self.keys = keys
         self.ttl_s = ttl_s
 
-    def get_upload(self, job_id: str) -> bytes | None:
-        return self.r.get(self.keys.upload(job_id))
-
-    def put(self, job_id: str, artifacts: dict[str, bytes]) -> None:
+    def stage(self, pipe, job_id: str, artifacts: dict[str, bytes]) -> None:
+        """Add the writes to ``pipe``, so they travel with the job's completion in one round trip."""
         unknown = set(artifacts) - set(ARTIFACT_NAMES)
         if unknown:
             raise ValueError(f"unknown artifact names: {sorted(unknown)}")
-        pipe = self.r.pipeline(transaction=True)
         for name, data in artifacts.items():
             pipe.set(self.keys.artifact(job_id, name), data, ex=self.ttl_s)
+
+    def put(self, job_id: str, artifacts: dict[str, bytes]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        self.stage(pipe, job_id, artifacts)
         pipe.execute()
 
     def get(self, job_id: str, name: str) -> bytes | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis
 
 from shared import metrics
+from shared.artifacts import ArtifactStore
 from shared.keys import Keys
 from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStatus
 
@@ -303,12 +304,6 @@ class JobStore:
             rec.position = int(rank) if rank is not None else None
         return rec
 
-    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
-        pipe = self.r.pipeline(transaction=False)
-        for j in job_ids:
-            pipe.hgetall(self.keys.job(j))
-        return [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
-
     def take(
         self,
         queue: str,
@@ -350,15 +345,14 @@ class JobStore:
         got = pipe.execute()
         return [(JobRecord.from_hash(h) if h else None, up) for h, up in zip(got[0::2], got[1::2], strict=True)]
 
-    def complete(self, done: list[Completed], artifact_ttl_s: int, token: str | None = None) -> list[bool]:
+    def complete(self, done: list[Completed], artifacts: ArtifactStore, token: str | None = None) -> list[bool]:
         """Store the artifacts and results of succeeded jobs, their timings and (with ``token``)
         the end of the token's claims: one round trip. Returns, per job, whether its result was
         recorded (False: it was already final, e.g. after a duplicate run)."""
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
         for d in done:
-            for name, data in d.artifacts.items():
-                pipe.set(k.artifact(d.job_id, name), data, ex=artifact_ttl_s)
+            artifacts.stage(pipe, d.job_id, d.artifacts)
         marks = []
         for d in done:
             marks.append(len(pipe))
@@ -443,16 +437,6 @@ class JobStore:
         )
         pipe.publish(k.job_events(job_id), status.value)
         return bool(pipe.execute()[0])
-
-    def record_service(self, queue: str, queue_wait_s: float, service_s: float) -> None:
-        """A job finished: feed the ETA's moving average and the metrics histograms."""
-        k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        pipe.lpush(k.service_times(queue), f"{service_s:.6f}")
-        pipe.ltrim(k.service_times(queue), 0, 49)
-        metrics.observe(pipe, k, "queue_wait", k.model_of(queue), queue_wait_s)
-        metrics.observe(pipe, k, "service", k.model_of(queue), service_s)
-        pipe.execute()
 
     def mean_service_s(self, queue: str) -> float | None:
         """Moving average of the last 50 per-job service times of ``queue``."""

@@ -73,7 +73,7 @@ class JobRunner:
         elif job_ids:
             job_ids = self._fill_batch(queue, token, job_ids)
             outcome.update(self.run_batch(job_ids, done))
-        recorded = self.jobs.complete([c for _, c in done], self.artifacts.ttl_s, token=token)
+        recorded = self.jobs.complete([c for _, c in done], self.artifacts, token=token)
         for (rec, _), ok in zip(done, recorded, strict=True):
             if ok:
                 outcome[rec.id] = "succeeded"

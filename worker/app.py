@@ -8,4 +8,6 @@ from __future__ import annotations
 from shared.celery_app import app
 from worker import signals, tasks  # noqa: F401  (registers the task and the handlers)
 
+app.conf.worker_consumer = "worker.consumer:Consumer"
+
 __all__ = ["app"]

@@ -95,6 +95,8 @@ def test_readiness_and_models_see_the_live_worker(stack):
 
 
 def test_flower_shows_the_worker_and_its_jobs(stack):
+    with SegcamClient(stack.url) as client:
+        job_id = client.wait(client.submit(scene_png(7, (80, 60)))["id"])["id"]
     base = f"http://127.0.0.1:{stack.flower_port}"
     deadline = time.monotonic() + 60
     workers, tasks = {}, {}
@@ -104,11 +106,15 @@ def test_flower_shows_the_worker_and_its_jobs(stack):
             tasks = httpx.get(f"{base}/api/tasks", timeout=10).json()
         except (httpx.HTTPError, ValueError):
             pass
-        if any(name.startswith("cpu0@") for name in workers) and tasks:
+        if any(name.startswith("cpu0@") for name in workers) and tasks.get(job_id, {}).get("state") == "SUCCESS":
             break
         time.sleep(1)
     assert any(name.startswith("cpu0@") for name in workers), workers
-    assert any(t.get("name") == "segcam.segment" for t in tasks.values()), list(tasks.values())[:2]
+    # The job's task went through received, started and succeeded: the worker sends every task
+    # event (it flushes them just after handing the job to its pool child).
+    task = tasks.get(job_id, {})
+    assert task.get("name") == "segcam.segment" and task.get("state") == "SUCCESS", list(tasks.values())[:2]
+    assert task.get("received") and task.get("started") and task.get("succeeded"), task
 
 
 @pytest.mark.parametrize("module", ["worker", "worker.launch"])

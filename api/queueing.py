@@ -1,9 +1,10 @@
-"""Put a validated job on the queue: record first, then the Celery message (by task name).
+"""Put a validated job on the queue: its record and its Celery message (task by name), at once.
 
-The record exists before the message, so a worker never meets a job it cannot look up; if
-the message cannot be sent, the record is removed and the client gets a 503, so no job is
-ever shown as queued that is not. A full queue is refused here (429) with a Retry-After
-from the measured drain rate, and nothing accepted is ever dropped.
+One Lua call stores the upload and the record, enters the queue order and pushes the
+message, so a worker never meets a job it cannot look up and no job is ever shown as queued
+that has no message (a Redis failure answers 503 and leaves nothing behind). A full queue
+is refused here (429) with a Retry-After from the measured drain rate, and nothing accepted
+is ever dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from api.auth import Principal
 from api.deps import Services
 from api.errors import ApiError
 from api.validation import fingerprint
-from shared.celery_app import TASK_SEGMENT
+from shared.celery_app import TASK_SEGMENT, task_message
 from shared.logs import job_context
 from shared.schemas import JobSpec
 
@@ -38,11 +39,25 @@ def retry_after_s(depth: int, max_depth: int, drain_per_s: float) -> int:
     return max(1, min(3600, math.ceil((depth - max_depth + 1) / drain_per_s)))
 
 
-def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempotency_key: str | None = None) -> Enqueued:
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def enqueue(
+    svc: Services,
+    spec: JobSpec,
+    data: bytes,
+    who: Principal,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
+) -> Enqueued:
+    """``job_id`` may be chosen beforehand, so a caller can listen for the job's events
+    before any worker can see it."""
     s = svc.settings
-    job_id = uuid.uuid4().hex
+    job_id = job_id or new_job_id()
     queue = svc.keys.celery_queue(spec.model)
-    created = svc.jobs.create(
+    message = task_message(svc.celery, TASK_SEGMENT, job_id, queue, {"model": spec.model, "job_id": job_id})
+    created = svc.jobs.create(  # the record and the Celery message together, in one round trip
         job_id,
         spec,
         queue,
@@ -53,6 +68,7 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
         idempotency_key=idempotency_key,
         idempotency_ttl_s=s.idempotency_ttl_s,
         fingerprint=fingerprint(spec, data) if idempotency_key else "",
+        message=message,
     )
     if created.full:
         retry = retry_after_s(created.position or s.max_queue_depth, s.max_queue_depth, svc.jobs.drain_rate(queue))
@@ -70,24 +86,6 @@ def enqueue(svc: Services, spec: JobSpec, data: bytes, who: Principal, idempoten
                 "this Idempotency-Key was already used for a different request",
             )
         return Enqueued(job_id=created.job_id, position=None, replayed=True)
-    try:
-        svc.celery.send_task(
-            TASK_SEGMENT,
-            kwargs={"model": spec.model, "job_id": job_id},
-            task_id=job_id,
-            queue=queue,
-            argsrepr="()",  # given, so Celery skips its saferepr of the arguments
-            kwargsrepr=f"{{'model': '{spec.model}', 'job_id': '{job_id}'}}",
-        )
-    except Exception as e:  # kombu raises OperationalError and friends when the broker is down
-        log.warning("could not queue job %s: %s", job_id, e)
-        try:
-            svc.jobs.discard(job_id, queue, who.owner, idempotency_key)
-        except Exception:
-            log.exception("could not discard job %s after a failed send", job_id)
-        raise ApiError(
-            503, "queue_unavailable", "the job queue is unreachable; retry shortly", {"Retry-After": "5"}
-        ) from None
     with job_context(job_id):
         log.info(
             "queued job for %s:%s (%s) at position %s", spec.model, spec.model_version, spec.method, created.position

@@ -31,10 +31,11 @@ from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStat
 
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
-# KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash.
+# KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash,
+# broker list (the Celery queue).
 # ARGV: job id, job ttl, upload ttl, upload bytes, priority band, max queue depth (0: none),
 # idempotency ttl (0: no key), request fingerprint, queue channel, model, variant ('' if none),
-# then field/value pairs of the record.
+# Celery message ('' for none), then field/value pairs of the record.
 # Returns {'ok', position} | {'full', depth} | {'replay', "job_id fingerprint"}. One round trip.
 _CREATE = """
 if tonumber(ARGV[7]) > 0 then
@@ -48,7 +49,7 @@ if tonumber(ARGV[6]) > 0 and depth >= tonumber(ARGV[6]) then
 end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[5]) * 1e12 + seq, ARGV[1])
 if tonumber(ARGV[7]) > 0 then
@@ -56,6 +57,7 @@ if tonumber(ARGV[7]) > 0 then
 end
 redis.call('HINCRBY', KEYS[6], 'jobs|submitted|' .. ARGV[10], 1)
 if ARGV[11] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[11], 1) end
+if ARGV[12] ~= '' then redis.call('LPUSH', KEYS[8], ARGV[12]) end  -- as kombu's Redis transport does
 redis.call('PUBLISH', ARGV[9], 'moved')  -- a high-priority job moves the ones behind it
 return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
@@ -244,9 +246,11 @@ class JobStore:
         idempotency_key: str | None = None,
         idempotency_ttl_s: int = 0,
         fingerprint: str = "",
+        message: bytes = b"",
     ) -> Created:
-        """Store the upload and the record and enter the queue order, atomically, unless the
-        queue is full or the idempotency key was seen (then the earlier job is returned)."""
+        """Store the upload and the record, enter the queue order and push the Celery
+        ``message`` (see ``shared.celery_app.task_message``), atomically, unless the queue is
+        full or the idempotency key was seen (then the earlier job is returned)."""
         fields = {
             "id": job_id,
             "status": JobStatus.queued.value,
@@ -270,6 +274,7 @@ class JobStore:
                 k.idempotency(owner, idempotency_key or ""),
                 k.metrics(),
                 k.variants(model),
+                queue,
             ],
             args=[
                 job_id,
@@ -283,6 +288,7 @@ class JobStore:
                 k.queue_events(queue),
                 model,
                 spec.variant or "",
+                message,
                 *flat,
             ],
         )
@@ -456,15 +462,6 @@ class JobStore:
     def notify_queue(self, queue: str) -> None:
         """Positions in ``queue`` changed: wake the followers of every job queued there."""
         self.r.publish(self.keys.queue_events(queue), "moved")
-
-    def discard(self, job_id: str, queue: str, owner: str = "", idempotency_key: str | None = None) -> None:
-        """Undo a create whose message never reached the broker, so nothing shows as queued."""
-        k = self.keys
-        self.r.delete(k.job(job_id), k.upload(job_id))
-        self.r.hincrby(k.metrics(), f"jobs|submitted|{k.model_of(queue)}", -1)
-        if idempotency_key:
-            self.r.delete(k.idempotency(owner, idempotency_key))
-        self.r.zrem(k.queued(queue), job_id)
 
     def queue_depth(self, queue: str) -> int:
         return int(self.r.zcard(self.keys.queued(queue)))

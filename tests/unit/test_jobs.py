@@ -119,6 +119,17 @@ def test_queue_bound_is_atomic_and_reports_the_depth(store):
     assert refused.full and refused.position == 3 and store.get("f" * 32) is None
 
 
+def test_the_celery_message_is_pushed_with_the_record_or_not_at_all(store, rclient, prefix):
+    queue = f"{prefix}.jobs.shapes"  # the broker list is the queue's own key
+    assert not store.create("1" * 32, SPEC, queue, b"i", max_depth=1, message=b"m1").full
+    assert rclient.lrange(queue, 0, -1) == [b"m1"]
+    assert store.create("2" * 32, SPEC, queue, b"i", max_depth=1, message=b"m2").full
+    kw = {"idempotency_key": "k", "idempotency_ttl_s": 60}
+    store.create("3" * 32, SPEC, f"{queue}2", b"i", message=b"m3", **kw)
+    assert store.create("4" * 32, SPEC, f"{queue}2", b"i", message=b"m4", **kw).replayed
+    assert rclient.lrange(queue, 0, -1) == [b"m1"] and rclient.lrange(f"{queue}2", 0, -1) == [b"m3"]
+
+
 def test_idempotency_key_replays_the_first_job_and_checks_the_request(store):
     first = store.create("1" * 32, SPEC, "q", b"i", idempotency_key="k", idempotency_ttl_s=60, fingerprint="fp1")
     again = store.create("2" * 32, SPEC, "q", b"i", idempotency_key="k", idempotency_ttl_s=60, fingerprint="fp1")

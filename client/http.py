@@ -93,7 +93,10 @@ class SegcamClient:
         idempotency_key: str | None = None,
         filename: str = "image",
         retries: int = 3,
+        wait: float = 0,
     ) -> dict:
+        """The accepted job (``id``, ``status``, ``position``); with ``wait`` seconds, the final
+        job itself when it ends within them (one request instead of submit + wait)."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         if not isinstance(image, bytes):
             filename = Path(image).name
@@ -108,7 +111,14 @@ class SegcamClient:
         form = {k: str(v) for k, v in fields.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         for attempt in range(retries + 1):
-            r = self.http.post("/v1/jobs", files={"image": (filename, data)}, data=form, headers=headers)
+            r = self.http.post(
+                "/v1/jobs",
+                files={"image": (filename, data)},
+                data=form,
+                headers=headers,
+                params={"wait": wait} if wait else None,
+                timeout=wait + 30,
+            )
             try:
                 raise_for(r)
                 return r.json()

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.auth import Principal, enforce_rate_limit, principal
 from api.deps import Services, event_hub, services
 from api.errors import ApiError, responses
-from api.events import EventHub
-from api.queueing import enqueue
+from api.events import EventHub, Follower
+from api.queueing import enqueue, new_job_id
 from api.validation import build_spec, checked_form
 from shared import webhooks
 from shared.jobs import JobRecord
@@ -52,12 +52,28 @@ def load(svc: Services, job_id: str, who: Principal) -> JobRecord:
     return rec
 
 
+async def until_final(svc: Services, follower: Follower, job_id: str, who: Principal, wait: float) -> JobRecord:
+    """The job's record once it is final, or as it stands after ``wait`` seconds.
+
+    The caller subscribed ``follower`` first; the record is read after that, so a job that
+    finishes at any moment is either seen final here or heard of by the follower."""
+    deadline = time.monotonic() + wait
+    rec = load(svc, job_id, who)
+    while not rec.status.final and (left := deadline - time.monotonic()) > 0:
+        await follower.wait(left)
+        rec = load(svc, job_id, who)
+    return rec
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobAccepted,
     summary="Submit an image for segmentation and Grad-CAM",
-    responses=responses(400, 401, 413, 415, 422, 429, 503),
+    responses={
+        200: {"model": JobView, "description": "With `?wait=S`: the job ended within S seconds."},
+        **responses(400, 401, 413, 415, 422, 429, 503),
+    },
     dependencies=[Depends(checked_form)],
 )
 async def submit(
@@ -83,23 +99,45 @@ async def submit(
     idempotency_key: str | None = Header(
         None, max_length=255, description="Repeat a submission safely: the same key returns the same job."
     ),
+    wait: float = Query(
+        0,
+        ge=0,
+        le=60,
+        description="Hold the answer up to this many seconds: 200 with the final job if it ends in time, "
+        "else 202 as without it. One request instead of submit + `GET ?wait`.",
+    ),
     who: Principal = Depends(principal),
     svc: Services = Depends(services),
-) -> JSONResponse:
+    hub: EventHub = Depends(event_hub),
+) -> Response:
     enforce_rate_limit(svc, who)
     data = await image.read(svc.settings.max_upload_bytes + 1)
     routing = routing_key or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
     spec = build_spec(svc, data, model, target_class, method, priority, routing, callback_url)
-    out = enqueue(svc, spec, data, who, idempotency_key)  # sub-millisecond on loopback: no thread hop
-    url = job_url(svc.settings.public_base_url, out.job_id)
-    if out.replayed:
-        rec = load(svc, out.job_id, who)
+    job_id, queue = new_job_id(), svc.keys.celery_queue(spec.model)
+    # Listening before the job is queued: no completion can slip past unheard.
+    follower = await hub.follow(job_id, queue) if wait > 0 else None
+    try:
+        out = enqueue(svc, spec, data, who, idempotency_key, job_id)  # sub-millisecond on loopback: no thread hop
+        url = job_url(svc.settings.public_base_url, out.job_id)
+        headers = {"Location": url, **({"Idempotent-Replayed": "true"} if out.replayed else {})}
+        if out.replayed and follower is not None:  # wait for the earlier job, not the unused ID
+            await hub.unfollow(follower)
+            follower = await hub.follow(out.job_id, queue)
+        if follower is not None:
+            rec = await until_final(svc, follower, out.job_id, who, wait)
+            if rec.status.final:
+                return Response(view(svc, rec).model_dump_json(), media_type="application/json", headers=headers)
+        elif out.replayed:
+            rec = load(svc, out.job_id, who)
+        else:
+            body = {"id": out.job_id, "status": JobStatus.queued.value, "position": out.position, "url": url}
+            return JSONResponse(body, status_code=202, headers=headers)
         body = {"id": rec.id, "status": rec.status.value, "position": rec.position, "url": url}
-        headers = {"Location": url, "Idempotent-Replayed": "true"}
-    else:
-        body = {"id": out.job_id, "status": JobStatus.queued.value, "position": out.position, "url": url}
-        headers = {"Location": url}
-    return JSONResponse(body, status_code=202, headers=headers)
+        return JSONResponse(body, status_code=202, headers=headers)
+    finally:
+        if follower is not None:
+            await hub.unfollow(follower)
 
 
 @router.get(
@@ -119,10 +157,7 @@ async def get_job(
     if wait > 0 and not rec.status.final:
         follower = await hub.follow(job_id, rec.queue)
         try:
-            deadline = time.monotonic() + wait
-            while not rec.status.final and (left := deadline - time.monotonic()) > 0:
-                await follower.wait(left)
-                rec = load(svc, job_id, who)
+            rec = await until_final(svc, follower, job_id, who, wait)
         finally:
             await hub.unfollow(follower)
     # Already a validated JobView: serialise it once, not again through response_model.

@@ -115,6 +115,19 @@ def test_long_poll_returns_as_soon_as_the_job_is_final(live):
     assert time.monotonic() - t0 < 1  # already final: no wait
 
 
+def test_submit_with_wait_answers_with_the_final_job_in_one_request(live):
+    r = httpx.post(f"{live.url}/v1/jobs", files={"image": ("a.png", scene_png(41))}, params={"wait": 20}, timeout=30)
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["status"] == "succeeded" and r.headers["location"] == f"/v1/jobs/{v['id']}"
+    assert v["result"]["artifacts"]["overlay"].endswith(f"/v1/jobs/{v['id']}/artifacts/overlay")
+    assert job(live.url, v["id"])["status"] == "succeeded"
+    slow = scene_png(42, fault="sleep:1.5@preprocess")
+    r = httpx.post(f"{live.url}/v1/jobs", files={"image": ("a.png", slow)}, params={"wait": 0.3}, timeout=30)
+    assert r.status_code == 202 and r.json()["status"] in ("queued", "running")
+    assert wait_final(live.url, r.json()["id"])["status"] == "succeeded"
+
+
 def test_signed_webhook_is_retried_with_backoff_and_attempts_are_recorded(live):
     receiver = Receiver([500, 503, 200])
     jid = submit(live.url, scene_png(50), callback_url=receiver.url)["id"]

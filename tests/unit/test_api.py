@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -156,3 +157,34 @@ def test_the_gateway_never_imports_torch_gradcam_or_the_worker():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_long_poll_sees_a_job_that_ended_while_it_subscribed(client, rclient, settings):
+    """The final message can come before the subscription is in place: the record is read
+    again after subscribing, so the poll answers at once instead of at its deadline."""
+    jid = client.post("/v1/jobs", files={"image": ("x.png", png())}).json()["id"]
+    assert client.get(f"/v1/jobs/{jid}", params={"wait": 0.2}).json()["status"] == "queued"  # hub now listening
+    hub = client.app.state.events
+    subscribe = hub.follow
+
+    async def follow_as_the_job_ends(job_id, queue):
+        f = await subscribe(job_id, queue)
+        err = json.dumps({"code": "internal_error", "message": "ended unheard"})
+        rclient.hset(Keys(settings.key_prefix).job(job_id), mapping={"status": "failed", "error": err})
+        return f
+
+    hub.follow = follow_as_the_job_ends
+    t0 = time.monotonic()
+    r = client.get(f"/v1/jobs/{jid}", params={"wait": 10})
+    assert r.status_code == 200 and r.json()["status"] == "failed"
+    assert time.monotonic() - t0 < 5  # not held to the deadline
+
+
+def test_submit_with_wait_answers_202_when_the_job_is_not_done_in_time(client, rclient, settings):
+    t0 = time.monotonic()
+    r = client.post("/v1/jobs", files={"image": ("x.png", png())}, params={"wait": 0.5})  # no worker here
+    assert r.status_code == 202 and r.json()["status"] == "queued" and r.json()["position"] == 0
+    assert 0.4 < time.monotonic() - t0 < 5 and r.headers["location"] == r.json()["url"]
+    assert queue_len(rclient, settings) == 1
+    bad = client.post("/v1/jobs", files={"image": ("x.png", png())}, params={"wait": 61})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"

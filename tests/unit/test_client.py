@@ -30,6 +30,19 @@ def test_submit_waits_out_retry_after_on_429_then_succeeds():
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.95
 
 
+def test_submit_with_wait_asks_the_server_to_hold_the_answer():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.url.params))
+        return httpx.Response(200, json={**JOB, "status": "succeeded"})
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.submit(b"img", wait=12)["status"] == "succeeded"
+        c.submit(b"img")
+    assert seen == [{"wait": "12"}, {}]
+
+
 def test_errors_map_to_exceptions_with_code_and_retry_after():
     responses = iter(
         [err(429, "rate_limited", **{"Retry-After": "7"}), err(415, "not_an_image"), err(500, "internal_error")]

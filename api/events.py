@@ -64,8 +64,12 @@ class EventHub:
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
-    async def follow(self, job_id: str, queue: str) -> Follower:
-        f = Follower((self.keys.job_events(job_id), self.keys.queue_events(queue)))
+    async def follow(self, job_id: str, queue: str | None = None) -> Follower:
+        """Hear the job's changes and, with ``queue``, its queue's moves (positions for SSE;
+        a long poll that only waits for the end leaves the queue out: one wake-up per
+        finished job in the queue would otherwise make every waiting poll re-read)."""
+        channels = [self.keys.job_events(job_id)] + ([self.keys.queue_events(queue)] if queue else [])
+        f = Follower(tuple(channels))
         for c in f.channels:
             self.followers[c].add(f)
         if self.task is None or self.task.done():

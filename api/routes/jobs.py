@@ -60,7 +60,9 @@ async def until_final(svc: Services, follower: Follower, job_id: str, who: Princ
     deadline = time.monotonic() + wait
     rec = load(svc, job_id, who)
     while not rec.status.final and (left := deadline - time.monotonic()) > 0:
-        await follower.wait(left)
+        messages = await follower.wait(left)
+        if messages and all(m in STAGES for m in messages):
+            continue  # a running job moved to its next stage: nothing final to read
         rec = load(svc, job_id, who)
     return rec
 
@@ -114,16 +116,16 @@ async def submit(
     data = await image.read(svc.settings.max_upload_bytes + 1)
     routing = routing_key or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
     spec = build_spec(svc, data, model, target_class, method, priority, routing, callback_url)
-    job_id, queue = new_job_id(), svc.keys.celery_queue(spec.model)
+    job_id = new_job_id()
     # Listening before the job is queued: no completion can slip past unheard.
-    follower = await hub.follow(job_id, queue) if wait > 0 else None
+    follower = await hub.follow(job_id) if wait > 0 else None
     try:
         out = enqueue(svc, spec, data, who, idempotency_key, job_id)  # sub-millisecond on loopback: no thread hop
         url = job_url(svc.settings.public_base_url, out.job_id)
         headers = {"Location": url, **({"Idempotent-Replayed": "true"} if out.replayed else {})}
         if out.replayed and follower is not None:  # wait for the earlier job, not the unused ID
             await hub.unfollow(follower)
-            follower = await hub.follow(out.job_id, queue)
+            follower = await hub.follow(out.job_id)
         if follower is not None:
             rec = await until_final(svc, follower, out.job_id, who, wait)
             if rec.status.final:
@@ -155,7 +157,7 @@ async def get_job(
 ) -> Response:
     rec = load(svc, job_id, who)
     if wait > 0 and not rec.status.final:
-        follower = await hub.follow(job_id, rec.queue)
+        follower = await hub.follow(job_id)
         try:
             rec = await until_final(svc, follower, job_id, who, wait)
         finally:

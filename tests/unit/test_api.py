@@ -167,7 +167,7 @@ def test_long_poll_sees_a_job_that_ended_while_it_subscribed(client, rclient, se
     hub = client.app.state.events
     subscribe = hub.follow
 
-    async def follow_as_the_job_ends(job_id, queue):
+    async def follow_as_the_job_ends(job_id, queue=None):
         f = await subscribe(job_id, queue)
         err = json.dumps({"code": "internal_error", "message": "ended unheard"})
         rclient.hset(Keys(settings.key_prefix).job(job_id), mapping={"status": "failed", "error": err})
@@ -188,3 +188,40 @@ def test_submit_with_wait_answers_202_when_the_job_is_not_done_in_time(client, r
     assert queue_len(rclient, settings) == 1
     bad = client.post("/v1/jobs", files={"image": ("x.png", png())}, params={"wait": 61})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_long_poll_reads_the_record_again_only_for_news_that_can_be_final(monkeypatch):
+    """Stage messages say the job is still running: re-reading for each would cost a Redis
+    call per stage per waiting client."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from api.events import Follower
+    from api.routes import jobs as routes
+
+    states = iter(["running", "succeeded"])
+    reads = []
+
+    def load(_svc, job_id, _who):
+        reads.append(job_id)
+        return SimpleNamespace(status=SimpleNamespace(final=next(states) == "succeeded"))
+
+    monkeypatch.setattr(routes, "load", load)
+
+    async def run():
+        f = Follower(("ch",))
+        for m in ("preprocess", "inference", "cam", "encode", "succeeded"):
+            f.put(m)
+        return await routes.until_final(None, f, "j", None, 5)
+
+    f_wait = Follower.wait
+
+    async def one_at_a_time(self, timeout):  # deliver messages singly, as if they came apart
+        got = await f_wait(self, timeout)
+        for m in got[1:]:
+            self.put(m)
+        return got[:1]
+
+    monkeypatch.setattr(Follower, "wait", one_at_a_time)
+    assert asyncio.run(run()).status.final
+    assert len(reads) == 2  # before waiting, and after "succeeded"

@@ -50,6 +50,7 @@ def markdown(run: dict) -> str:
             f"| {_f(lim['images_per_s'], 2)} | {_f(lim['ms_per_image'])} | - | - | - | - | - | - |",
         ]
         for label, name in (("segcam_low_load", "segcam over HTTP, low load"),
+                            ("segcam_low_load_poll", "segcam over HTTP, low load, submit then long-poll `GET ?wait`"),
                             ("segcam_saturated", "segcam over HTTP, saturated"),
                             ("segcam_saturated_batch8", "segcam over HTTP, saturated, batching"),
                             ("segcam_2_workers", "segcam over HTTP, one worker per core")):  # fmt: skip

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     cpu_workers: int = 1  # worker processes the launcher starts when no GPU is used
     model_cache_size: int = 2  # loaded model versions kept per worker (LRU)
     channels_last: bool = True  # NHWC memory layout for conv models (measured faster; fp32 kept)
+    # bf16 autocast for the layers before the CAM's target layer; the target layer's output, the
+    # rest of the network, its backward pass and the CAM stay fp32. Off: exact fp32 results.
+    bf16_backbone: bool = False
     max_batch_size: int = 1  # jobs of one model and method run as one forward/backward pass
     max_wait_ms: float = 0.0  # at low load, hold a claimed job up to this long for others to join its batch
     torch_threads: int = 0  # 0: leave torch's default

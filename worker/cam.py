@@ -96,6 +96,7 @@ def explain(
     clock,
     on_forward=None,
     input_grad: bool = False,
+    backbone_dtype: torch.dtype | None = None,
 ) -> CamOutput:
     """Run one forward (+ one backward) for the batch ``x``.
 
@@ -118,7 +119,10 @@ def explain(
     try:
         cam_cls = METHODS[method]
         grad_mode = torch.no_grad() if method is Method.eigencam else torch.enable_grad()
-        with grad_mode, cam_cls(model=module, target_layers=[target_layer]) as cam:
+        # With backbone_dtype, autocast covers the layers before the target layer only: the
+        # target layer's hook turns it off (worker/loader.py), so the CAM's part stays fp32.
+        autocast = torch.autocast(x.device.type, dtype=backbone_dtype or torch.float32, enabled=bool(backbone_dtype))
+        with grad_mode, cam_cls(model=module, target_layers=[target_layer]) as cam, autocast:
             cams = cam(input_tensor=x, targets=targets)
             logits = cam.outputs.detach()
     finally:

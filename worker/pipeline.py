@@ -87,6 +87,7 @@ class Pipeline:
             clock=self.clock,
             on_forward=lambda: stage("cam"),
             input_grad=self.model.needs_input_grad,
+            backbone_dtype=self.model.backbone_dtype,
         )
         t2 = self.clock()
 

@@ -51,7 +51,13 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
     client = get_redis(settings)
     keys = Keys(settings.key_prefix)
     store = ModelStore(settings.model_dir, cache_ttl_s=settings.model_store_cache_s)
-    cache = ModelCache(store, device, capacity=settings.model_cache_size, channels_last=settings.channels_last)
+    cache = ModelCache(
+        store,
+        device,
+        capacity=settings.model_cache_size,
+        channels_last=settings.channels_last,
+        bf16_backbone=settings.bf16_backbone,
+    )
     for name in served_models(settings, store):
         manifest = store.resolve(name)
         warm_up(cache.get(manifest))

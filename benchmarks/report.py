@@ -163,6 +163,20 @@ def markdown(run: dict) -> str:
         ]
         out += [f"| {r['layout']} | {r['dtype']} | {_f(r['forward_ms'])} | {r['mask_agreement']:.4f} |" for r in prec]
         out.append("")
+    if bb := s.get("bf16_backbone"):
+        out += [
+            "## Whole jobs with `SEGCAM_BF16_BACKBONE` (autocast before the CAM's target layer; the CAM's part fp32)",
+            "",
+            "| model | fp32 ms/job | bf16 backbone ms/job | speed-up | mask agreement | CAM max abs diff "
+            "| same class |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {_f(r['fp32_job_ms'])} | {_f(r['bf16_backbone_job_ms'])} | {r['speedup']:.2f}x "
+            f"| {r['mask_agreement']:.4f} | {r['cam_max_abs_diff']:.4f} | {r['same_class']:.2f} |"
+            for r in bb
+        ]
+        out.append("")
     if targets:
         out += ["## Targets", "", "| target | goal | measured | |", "|---|---|---|---|"]
         out += [f"| {name} | {goal} | {got} | {_check(ok)} |" for name, goal, got, ok in targets]

@@ -594,6 +594,38 @@ class Bench:
                              "mask_agreement": agree})  # fmt: skip
         net.to(memory_format=torch.contiguous_format)
         self.out["sections"]["precision"] = rows
+        self.out["sections"]["bf16_backbone"] = self.bf16_backbone_jobs(ms)
+
+    def bf16_backbone_jobs(self, ms) -> list[dict]:
+        """Whole jobs (decode to encode, Grad-CAM included) with SEGCAM_BF16_BACKBONE off and on:
+        autocast before the target layer only, the CAM's part in fp32 (channels_last both)."""
+        import numpy as np
+        import torch
+
+        from shared.schemas import Method
+        from worker.loader import load_model
+        from worker.pipeline import Item, Pipeline
+
+        rows = []
+        for key, (model, _) in MODELS.items():
+            pipes = [Pipeline(load_model(ms, ms.resolve(model), torch.device("cpu"), True, b)) for b in (False, True)]
+            items = [Item(str(i), im) for i, im in enumerate(self.imgs[key][:8])]
+            timed = []
+            for pipe in pipes:
+                pipe.run(items[:1], Method.gradcam)
+                t0, out = time.perf_counter(), []
+                while time.perf_counter() - t0 < max(2.0, self.args.seconds / 4) or len(out) < len(items):
+                    out.append(pipe.run([items[len(out) % len(items)]], Method.gradcam)[0])
+                timed.append((1000 * (time.perf_counter() - t0) / len(out), out[: len(items)]))
+            (t32, r32), (t16, r16) = timed
+            pairs = list(zip(r32, r16, strict=True))
+            rows.append({
+                "model": key, "fp32_job_ms": t32, "bf16_backbone_job_ms": t16, "speedup": t32 / t16,
+                "mask_agreement": float(np.mean([np.mean(a.labels == b.labels) for a, b in pairs])),
+                "cam_max_abs_diff": max(float(np.abs(a.cam - b.cam).max()) for a, b in pairs),
+                "same_class": float(np.mean([a.explanation.class_id == b.explanation.class_id for a, b in pairs])),
+            })  # fmt: skip
+        return rows
 
     def close(self) -> None:
         if self.redis_proc is not None:

@@ -126,16 +126,12 @@ async def submit(
         if out.replayed and follower is not None:  # wait for the earlier job, not the unused ID
             await hub.unfollow(follower)
             follower = await hub.follow(out.job_id)
-        if follower is not None:
-            rec = await until_final(svc, follower, out.job_id, who, wait)
-            if rec.status.final:
+        body = {"id": out.job_id, "status": JobStatus.queued.value, "position": out.position, "url": url}
+        if follower is not None or out.replayed:  # the job as it stands now
+            rec = await until_final(svc, follower, out.job_id, who, wait) if follower else load(svc, out.job_id, who)
+            if follower is not None and rec.status.final:
                 return Response(view(svc, rec).model_dump_json(), media_type="application/json", headers=headers)
-        elif out.replayed:
-            rec = load(svc, out.job_id, who)
-        else:
-            body = {"id": out.job_id, "status": JobStatus.queued.value, "position": out.position, "url": url}
-            return JSONResponse(body, status_code=202, headers=headers)
-        body = {"id": rec.id, "status": rec.status.value, "position": rec.position, "url": url}
+            body.update(status=rec.status.value, position=rec.position)
         return JSONResponse(body, status_code=202, headers=headers)
     finally:
         if follower is not None:

@@ -1,0 +1,82 @@
+"""Low-load overhead of two commits, measured side by side in one run on one machine.
+
+    python -m benchmarks.overhead_ab ab47116 HEAD          # demo model, 3 alternating rounds
+    python -m benchmarks.overhead_ab ab47116 HEAD --model realistic --rounds 2
+
+Each commit is checked out in a temporary git worktree; its API and worker run from there
+(this checkout's virtualenv), against the same Redis, images and client, one client waiting
+with a long-poll ``GET ?wait`` after each 202 (every version of the API has that). Rounds
+alternate between the commits so that the machine's drift hits both. Prints a table and
+writes ``benchmarks/results/overhead_ab-<utc-time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks import run
+
+
+def worktree(rev: str, parent: Path) -> Path:
+    path = parent / rev.replace("/", "_")
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", str(path), rev], cwd=run.ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.overhead_ab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("revisions", nargs=2, help="two git revisions, e.g. ab47116 HEAD")
+    ap.add_argument("--model", choices=sorted(run.MODELS), default="demo")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args(argv)
+    bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
+    tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
+    trees = {rev: worktree(rev, tmp) for rev in args.revisions}
+    model, _ = run.MODELS[args.model]
+    rows: dict[str, list[dict]] = {rev: [] for rev in args.revisions}
+    try:
+        for i in range(args.rounds):
+            for rev, tree in trees.items():
+                run.ROOT = tree  # processes start from the worktree
+                procs, url = bench.segcam(models=model)
+                try:
+                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=True)
+                finally:
+                    bench.cleanup(procs)
+                rows[rev].append(res)
+                print(f"round {i + 1} {rev}: overhead p50 {res['overhead_ms']['p50']:.2f} ms", flush=True)
+    finally:
+        bench.close()
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
+    print("\n| commit | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms |")
+    print("|---|---|---|---|---|")
+    summary = {}
+    for rev, rs in rows.items():
+        s = {k: statistics.median(r[k2][k3] for r in rs) for k, (k2, k3) in
+             {"overhead_p50": ("overhead_ms", "p50"), "overhead_p99": ("overhead_ms", "p99"),
+              "latency_p50": ("latency_ms", "p50")}.items()}  # fmt: skip
+        summary[rev] = s
+        print(f"| {rev} | {len(rs)} | {s['overhead_p50']:.2f} | {s['overhead_p99']:.2f} | {s['latency_p50']:.1f} |")
+    a, b = args.revisions
+    print(f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(__file__).parent / "results" / f"overhead_ab-{stamp}.json"
+    out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary},
+                              indent=2) + "\n")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -87,18 +87,20 @@ def write_summary(out_dir: Path, rows: list[dict], wall_s: float) -> None:
         size = f"{res['image']['width']}x{res['image']['height']}" if res else "-"
         lines.append(
             f"| {r['name']} | {job['status']} | {size} | {job['method']} | {ex.get('class_label') or '-'} "
-            f"| {ex.get('energy_in_mask', '-')} | {t.get('queue_wait_ms', '-')} | {t.get('total_ms', '-')} |"
+            f"| {'-' if ex.get('energy_in_mask') is None else ex['energy_in_mask']} "
+            f"| {t.get('queue_wait_ms', '-')} | {t.get('total_ms', '-')} |"
         )
         if job["status"] == "succeeded":
             tiles.append([Image.open(r["dir"] / f"{n}.png").convert("RGB") for n in ("input", *ARTIFACTS)])
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     if tiles:
-        cell = 160
-        sheet = Image.new("RGB", (cell * 4, cell * len(tiles)), "white")
+        cell, gap = 160, 8  # each image fitted and centred in its cell; rows and columns kept apart
+        step = cell + gap
+        sheet = Image.new("RGB", (step * 4 + gap, step * len(tiles) + gap), "white")
         for y, row in enumerate(tiles):
             for x, im in enumerate(row):
                 im.thumbnail((cell, cell))
-                sheet.paste(im, (x * cell, y * cell))
+                sheet.paste(im, (gap + x * step + (cell - im.width) // 2, gap + y * step + (cell - im.height) // 2))
         sheet.save(out_dir / "contact_sheet.png")
     print("\n".join(lines))
     print(f"\nwrote {out_dir}/<job>/{{input,mask,heatmap,overlay}}.png, result.json, summary.md, contact_sheet.png")

@@ -137,7 +137,7 @@ def test_demo_command_runs_real_jobs_and_writes_results(stack, tmp_path):
         for name in ("input", "mask", "heatmap", "overlay"):
             assert Image.open(d / f"{name}.png").size == Image.open(d / "input.png").size
     assert "4 jobs" in (out / "summary.md").read_text()
-    assert (out / "contact_sheet.png").exists()
+    assert Image.open(out / "contact_sheet.png").size == (4 * 168 + 8, 4 * 168 + 8)  # a row per job, a column per image
 
 
 def test_segcam_up_brings_the_stack_up_and_takes_it_down(redis_url, tmp_path):

@@ -66,9 +66,16 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # token claimed and left unfinished, else the next jobs of its queue, in queue order (the head
 # job, then up to max-1 more with the same method among the next `window`: a batch shares one
 # CAM call). Claimed jobs enter their first stage, and followers are told, in the same step.
-# KEYS: queued zset, claims set of the token. ARGV: job key prefix, now, worker, token, max,
-# window, claims ttl, job events prefix, queue channel, mode ('take' | 'claim' | 'reclaim'),
-# method ('' for any: the head job's method then decides).
+# Every claimed job beyond the token's own first one leaves a spare token (its own message) in
+# the broker list; with drop = '1' one undelivered message is taken off the list per such job,
+# so a busy worker does not pay a Celery hand-off for a message that would find nothing. Fresh
+# tokens are interchangeable, and each drop matches a job that left the queue, so every queued
+# job still has a message; a crash before the claimed jobs finish is covered by the token's
+# claims. A token with claims of its own (requeued after its worker died) is never dropped.
+# KEYS: queued zset, claims set of the token, broker list (the Celery queue).
+# ARGV: job key prefix, now, worker, token, max, window, claims ttl, job events prefix, queue
+# channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
+# decides), drop ('1' | '0'), claims key prefix.
 # Returns {'reclaimed' | 'claimed', id, ...}.
 _TAKE = f"""
 local mode = ARGV[10]
@@ -109,6 +116,24 @@ end
 if #claimed > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[7])
   redis.call('PUBLISH', ARGV[9], 'moved')  -- everyone behind moved up
+  if ARGV[12] == '1' then
+    -- Newest messages first. A message that was delivered before (requeued after a crash) or
+    -- whose token still holds claims must run to take its jobs back: it is put back untouched.
+    local spare = #claimed - (mode == 'take' and 1 or 0)
+    local kept = {{}}
+    while spare > 0 do
+      local msg = redis.call('LPOP', KEYS[3])
+      if not msg then break end
+      local ok, m = pcall(cjson.decode, msg)
+      local h = ok and type(m) == 'table' and type(m.headers) == 'table' and m.headers or nil
+      if h and type(h.id) == 'string' and not h.redelivered and redis.call('EXISTS', ARGV[13] .. h.id) == 0 then
+        spare = spare - 1
+      else
+        table.insert(kept, msg)
+      end
+    end
+    for i = #kept, 1, -1 do redis.call('LPUSH', KEYS[3], kept[i]) end
+  end
 end
 return {{'claimed', unpack(claimed)}}
 """
@@ -319,21 +344,30 @@ class JobStore:
         window: int = 64,
         mode: str = "take",
         method: str = "",
+        drop_spare: bool = False,
     ) -> tuple[bool, list[str]]:
-        """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE."""
+        """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE.
+        ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``."""
         k = self.keys
         out = self._take(
-            keys=[k.queued(queue), k.claims(token)],
+            keys=[k.queued(queue), k.claims(token), queue or k.claims(token)],
             args=[k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
-                  k.job_events(""), k.queue_events(queue), mode, method],
+                  k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims("")],
         )  # fmt: skip
         return out[0] == b"reclaimed", [x.decode() for x in out[1:]]
 
     def claim(
-        self, queue: str, token: str, worker: str, max_jobs: int = 1, window: int = 64, method: str = ""
+        self,
+        queue: str,
+        token: str,
+        worker: str,
+        max_jobs: int = 1,
+        window: int = 64,
+        method: str = "",
+        drop_spare: bool = False,
     ) -> list[str]:
         """The next jobs of ``queue``, in order, claimed for ``token`` (only ``method``'s, if given)."""
-        return self.take(queue, token, worker, max_jobs, window, mode="claim", method=method)[1]
+        return self.take(queue, token, worker, max_jobs, window, mode="claim", method=method, drop_spare=drop_spare)[1]
 
     def method_of(self, job_id: str) -> str:
         return (self.r.hget(self.keys.job(job_id), "method") or b"").decode()

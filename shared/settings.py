@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     bf16_backbone: bool = False
     max_batch_size: int = 1  # jobs of one model and method run as one forward/backward pass
     max_wait_ms: float = 0.0  # at low load, hold a claimed job up to this long for others to join its batch
+    # After its job(s), a task keeps running its model's queued jobs for up to this long, taking
+    # their then-spare Celery messages off the queue: no hand-off per job when busy. 0: one round.
+    drain_s: float = 2.0
     torch_threads: int = 0  # 0: leave torch's default
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150

@@ -70,6 +70,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         worker=worker_name,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
+        drain_s=settings.drain_s,
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 
@@ -12,6 +13,8 @@ import torch
 from PIL import Image
 
 from shared.artifacts import ArtifactStore
+from shared.celery_app import TASK_SEGMENT, task_message
+from shared.celery_app import app as celery_app
 from shared.jobs import JobStore
 from shared.keys import Keys
 from shared.model_store import ModelStore
@@ -38,15 +41,16 @@ def parts(rclient, prefix):
     arts = ArtifactStore(rclient, keys, 60)
     cache = ModelCache(store, torch.device("cpu"))
 
-    def runner(batch: int = 1, name: str = "w") -> JobRunner:
-        return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch)
+    def runner(batch: int = 1, name: str = "w", drain_s: float = 0.0) -> JobRunner:
+        return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch, drain_s=drain_s)
 
-    def submit(job_id: str, image, method=Method.gradcam, target=None) -> None:
+    def submit(job_id: str, image, method=Method.gradcam, target=None, queue: str = QUEUE) -> None:
         spec = JobSpec(
             model="shapes", model_version="1", method=method, target_class=target,
             image=ImageInfo(format="PNG", width=image.width, height=image.height, bytes=1),
         )  # fmt: skip
-        jobs.create(job_id, spec, QUEUE, png(image))
+        message = task_message(celery_app, TASK_SEGMENT, job_id, queue, {"model": "shapes", "job_id": job_id})
+        jobs.create(job_id, spec, queue, png(image), message=message)
 
     return jobs, arts, runner, submit
 
@@ -163,3 +167,52 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others(parts, rclient, prefix)
     assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "cancelled", f"{2:032x}": "succeeded"}
     assert jobs.get(f"{1:032x}").status is JobStatus.cancelled
     assert jobs.get(f"{0:032x}").result.batch_size == 3
+
+
+def test_a_busy_token_runs_the_queued_jobs_and_takes_their_spare_messages(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"  # the broker list: one message per submitted job
+    for i, s in enumerate(held_out(5)):
+        submit(f"{i:032x}", s.image, queue=queue)
+    rclient.rpop(queue)  # Celery delivered the first job's message: that is the running token
+    out = runner(drain_s=60).run_token("tok", queue)
+    assert out == {f"{i:032x}": "succeeded" for i in range(5)}  # back to back, in queue order
+    assert rclient.llen(queue) == 0  # the four spare messages were taken off, none left to run empty
+    assert jobs.claimed("tok") == []  # and nothing is left claimed under the token
+
+
+def test_without_draining_a_token_runs_its_own_job_only(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    for i, s in enumerate(held_out(3)):
+        submit(f"{i:032x}", s.image, queue=queue)
+    rclient.rpop(queue)
+    assert runner(drain_s=0).run_token("tok", queue) == {f"{0:032x}": "succeeded"}
+    assert rclient.llen(queue) == 2 and jobs.get(f"{1:032x}").status.value == "queued"  # each keeps its message
+
+
+def test_a_batch_takes_the_spare_messages_of_the_jobs_it_joined(parts, rclient, prefix):
+    _jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    for i, s in enumerate(held_out(4)):
+        submit(f"{i:032x}", s.image, queue=queue)
+    rclient.rpop(queue)
+    out = runner(batch=4).run_token("tok", queue)
+    assert set(out.values()) == {"succeeded"} and len(out) == 4
+    assert rclient.llen(queue) == 0
+
+
+def test_a_token_with_claims_to_take_back_is_never_taken_off(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    for i, s in enumerate(held_out(3)):
+        submit(f"{i:032x}", s.image, queue=queue)
+    crashed = rclient.rpop(queue)  # job 0's token was delivered, claimed job 0 ...
+    assert jobs.claim(queue, f"{0:032x}", "dead-worker") == [f"{0:032x}"]
+    rclient.lpush(queue, crashed)  # ... its worker died and Celery put the message back
+    rclient.rpop(queue)  # job 1's token is the one running now
+    out = runner(drain_s=60).run_token("tok", queue)
+    assert out == {f"{1:032x}": "succeeded", f"{2:032x}": "succeeded"}
+    # job 2's spare token went; the crashed token stayed, to take job 0 back
+    assert [json.loads(m)["headers"]["id"] for m in rclient.lrange(queue, 0, -1)] == [f"{0:032x}"]
+    assert runner().run_token(f"{0:032x}", queue) == {f"{0:032x}": "succeeded"}

@@ -71,7 +71,13 @@ def markdown(run: dict) -> str:
             f"| {_f(d['throughput_per_s'], 2)} | {_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | - "
             f"| {d['errors']}{kinds}{died} | {d['timeouts']} | {d['wrong_results']} |",
             "",
-            f"Saturation efficiency (segcam, one worker, saturated / in-process limit): **{c['efficiency']:.3f}**.",
+            f"Saturation efficiency (segcam, one worker, saturated / in-process limit): **{c['efficiency']:.3f}**"
+            + (
+                f" (limit {_f(lim['before_images_per_s'], 2)} images/s before the segcam runs and "
+                f"{_f(lim['after_images_per_s'], 2)} right after the saturated one; the table shows their mean)."
+                if "after_images_per_s" in lim
+                else "."
+            ),
             "",
         ]
         if key == "realistic":

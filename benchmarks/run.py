@@ -447,6 +447,10 @@ class Bench:
                                    "workers": workers, "max_batch": batch, "poll": poll}  # fmt: skip
                 finally:
                     self.cleanup(procs)
+                if label == "segcam_saturated":  # the limit again, right after: the machine drifts
+                    self.log(f"limit again: {key}")
+                    again = limit(self.store, model, self.imgs[key], d / 2)
+                    again.pop("reference")
             self.log(f"direct FastAPI: {key}")
             procs, url = self.direct(model)
             try:
@@ -454,12 +458,16 @@ class Bench:
                 direct["server_died"] = procs.procs["direct"].poll() is not None
             finally:
                 self.cleanup(procs)
+            # Efficiency against the mean of the limit measured just before the segcam runs and
+            # just after the saturated one (on this noisy machine either alone drifts by ~10 %).
+            limit_mean = (lim["images_per_s"] + again["images_per_s"]) / 2
             self.out["sections"][f"compare_{key}"] = {
-                "limit": lim,
+                "limit": {**lim, "before_images_per_s": lim["images_per_s"], "after_images_per_s":
+                          again["images_per_s"], "images_per_s": limit_mean, "ms_per_image": 1000 / limit_mean},
                 **runs,
                 "direct": direct,
-                "efficiency": runs["segcam_saturated"]["throughput_per_s"] / lim["images_per_s"],
-            }
+                "efficiency": runs["segcam_saturated"]["throughput_per_s"] / limit_mean,
+            }  # fmt: skip
 
     def run_overload(self) -> None:
         d = self.args.seconds

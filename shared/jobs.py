@@ -75,7 +75,9 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # KEYS: queued zset, claims set of the token, broker list (the Celery queue).
 # ARGV: job key prefix, now, worker, token, max, window, claims ttl, job events prefix, queue
 # channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
-# decides), drop ('1' | '0'), claims key prefix.
+# decides), drop ('1' | '0'), claims key prefix, backlog only ('1': claim no more jobs than
+# there are undelivered messages, so a draining worker never takes a job an idle one is about
+# to get).
 # Returns {'reclaimed' | 'claimed', id, ...}.
 _TAKE = f"""
 local mode = ARGV[10]
@@ -96,8 +98,12 @@ end
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
 local claimed = {{}}
 local method = ARGV[11] ~= '' and ARGV[11] or false
+local most = tonumber(ARGV[5])
+if ARGV[14] == '1' then  -- backlog only: as many as there are undelivered messages (idle workers get the rest)
+  most = math.min(most, redis.call('LLEN', KEYS[3]))
+end
 for _, id in ipairs(ids) do
-  if #claimed >= tonumber(ARGV[5]) then break end
+  if #claimed >= most then break end
   local jk = ARGV[1] .. id
   local rec = redis.call('HMGET', jk, 'status', 'method')
   if rec[1] ~= 'queued' then
@@ -345,6 +351,7 @@ class JobStore:
         mode: str = "take",
         method: str = "",
         drop_spare: bool = False,
+        backlog_only: bool = False,
     ) -> tuple[bool, list[str]]:
         """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE.
         ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``."""
@@ -352,7 +359,8 @@ class JobStore:
         out = self._take(
             keys=[k.queued(queue), k.claims(token), queue or k.claims(token)],
             args=[k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
-                  k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims("")],
+                  k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
+                  "1" if backlog_only else "0"],
         )  # fmt: skip
         return out[0] == b"reclaimed", [x.decode() for x in out[1:]]
 
@@ -365,9 +373,13 @@ class JobStore:
         window: int = 64,
         method: str = "",
         drop_spare: bool = False,
+        backlog_only: bool = False,
     ) -> list[str]:
         """The next jobs of ``queue``, in order, claimed for ``token`` (only ``method``'s, if given)."""
-        return self.take(queue, token, worker, max_jobs, window, mode="claim", method=method, drop_spare=drop_spare)[1]
+        return self.take(
+            queue, token, worker, max_jobs, window, mode="claim", method=method, drop_spare=drop_spare,
+            backlog_only=backlog_only,
+        )[1]  # fmt: skip
 
     def method_of(self, job_id: str) -> str:
         return (self.r.hget(self.keys.job(job_id), "method") or b"").decode()

@@ -79,7 +79,10 @@ class JobRunner:
             outcome.update(self._round(token, [self._fill_batch(queue, token, job_ids)]))
             if time.monotonic() - started >= self.drain_s:
                 break
-            job_ids = self.jobs.claim(queue, token, self.worker, self.max_batch_size, drop_spare=True)
+            # Only jobs whose messages no worker has taken yet: an idle worker gets its own.
+            job_ids = self.jobs.claim(
+                queue, token, self.worker, self.max_batch_size, drop_spare=True, backlog_only=True
+            )
         return outcome
 
     def _round(self, token: str, batches: list[list[str]]) -> dict[str, str]:

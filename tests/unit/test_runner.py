@@ -216,3 +216,14 @@ def test_a_token_with_claims_to_take_back_is_never_taken_off(parts, rclient, pre
     # job 2's spare token went; the crashed token stayed, to take job 0 back
     assert [json.loads(m)["headers"]["id"] for m in rclient.lrange(queue, 0, -1)] == [f"{0:032x}"]
     assert runner().run_token(f"{0:032x}", queue) == {f"{0:032x}": "succeeded"}
+
+
+def test_draining_leaves_jobs_whose_messages_a_worker_already_took(parts, rclient, prefix):
+    """Another worker took job 1's message and is about to run it: draining must not take it."""
+    _jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    for i, s in enumerate(held_out(2)):
+        submit(f"{i:032x}", s.image, queue=queue)
+    rclient.rpop(queue)
+    rclient.rpop(queue)  # both messages delivered, to two workers
+    assert runner(drain_s=60).run_token("tok", queue) == {f"{0:032x}": "succeeded"}

@@ -77,8 +77,10 @@ def task_message(app: Celery, name: str, task_id: str, queue: str, kwargs: dict[
     ``tests/unit/test_task_message.py`` checks it against what ``send_task`` itself pushes.
     """
     kwargsrepr = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in kwargs.items()) + "}"
+    # ignore_result=None, as send_task leaves it: the worker then applies the task's own
+    # (True). A False here would make every task write and publish a result nobody reads.
     headers, properties, body, _ = app.amqp.as_task_v2(
-        task_id, name, args=(), kwargs=kwargs, argsrepr="()", kwargsrepr=kwargsrepr
+        task_id, name, args=(), kwargs=kwargs, argsrepr="()", kwargsrepr=kwargsrepr, ignore_result=None
     )
     properties = {
         **properties,

@@ -19,6 +19,7 @@ times a crash makes it run.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import redis
 from shared import metrics
 from shared.artifacts import ArtifactStore
 from shared.keys import Keys
-from shared.schemas import ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStatus
+from shared.schemas import FINAL_STATUSES, ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStatus
 
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
@@ -144,8 +145,10 @@ end
 return {{'claimed', unpack(claimed)}}
 """
 
-# KEYS: job, queued zset, upload, completions zset, metrics hash.
+# KEYS: job, queued zset, upload, completions zset, metrics hash, job events channel.
 # ARGV: job id, status, now, ttl, field, value, model.
+# The final record travels in the event ("<status> <record as JSON>"): a follower waiting
+# for the end answers from it instead of reading the record back (one round trip less).
 _FINISH = f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
@@ -159,6 +162,9 @@ if st == 'running' then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[3]) - 60)
 end
+local flat, rec = redis.call('HGETALL', KEYS[1]), {{}}
+for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+redis.call('PUBLISH', KEYS[6], ARGV[2] .. ' ' .. cjson.encode(rec))
 return 1
 """
 
@@ -226,7 +232,19 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> JobRecord:
-        s = {k.decode(): v.decode() for k, v in h.items()}
+        return cls.from_fields({k.decode(): v.decode() for k, v in h.items()})
+
+    @classmethod
+    def from_event(cls, message: str) -> JobRecord | None:
+        """The record a final event carries (``"<status> <record as JSON>"``, see ``_FINISH``);
+        None for any other event (a stage name, "changed", "moved")."""
+        status, sep, body = message.partition(" ")
+        if not sep or status not in FINAL_STATUSES:
+            return None
+        return cls.from_fields(json.loads(body))
+
+    @classmethod
+    def from_fields(cls, s: dict[str, str]) -> JobRecord:
 
         def num(name: str) -> float | None:
             return float(s[name]) if s.get(name) else None
@@ -408,13 +426,7 @@ class JobStore:
         marks = []
         for d in done:
             marks.append(len(pipe))
-            self._finish(
-                keys=[k.job(d.job_id), k.queued(d.queue), k.upload(d.job_id), k.completions(d.queue), k.metrics()],
-                args=[d.job_id, JobStatus.succeeded.value, repr(time.time()), self.job_ttl_s, "result",
-                      d.result.model_dump_json(), k.model_of(d.queue)],
-                client=pipe,
-            )  # fmt: skip
-            pipe.publish(k.job_events(d.job_id), JobStatus.succeeded.value)
+            self._queue_finish(pipe, d.job_id, d.queue, JobStatus.succeeded, "result", d.result.model_dump_json())
             pipe.lpush(k.service_times(d.queue), f"{d.service_s:.6f}")
             pipe.ltrim(k.service_times(d.queue), 0, 49)
             metrics.observe(pipe, k, "queue_wait", k.model_of(d.queue), d.queue_wait_s)
@@ -480,15 +492,19 @@ class JobStore:
         return count / max(1.0, now - oldest[0][1])
 
     def _finalize(self, job_id: str, queue: str, status: JobStatus, field: str, value: str) -> bool:
-        k = self.keys
         pipe = self.r.pipeline(transaction=False)
-        self._finish(
-            keys=[k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue), k.metrics()],
-            args=[job_id, status.value, repr(time.time()), self.job_ttl_s, field, value, k.model_of(queue)],
-            client=pipe,
-        )
-        pipe.publish(k.job_events(job_id), status.value)
+        self._queue_finish(pipe, job_id, queue, status, field, value)
         return bool(pipe.execute()[0])
+
+    def _queue_finish(self, pipe, job_id: str, queue: str, status: JobStatus, field: str, value: str) -> None:
+        """Queue the finishing script on ``pipe`` by its body: a pipeline holding a registered
+        script first asks SCRIPT EXISTS, one more round trip per completion; Redis caches
+        the body's compiled script all the same."""
+        k = self.keys
+        keys = [k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue), k.metrics(),
+                k.job_events(job_id)]  # fmt: skip
+        args = [job_id, status.value, repr(time.time()), self.job_ttl_s, field, value, k.model_of(queue)]
+        pipe.eval(self._finish.script, len(keys), *keys, *args)
 
     def mean_service_s(self, queue: str) -> float | None:
         """Moving average of the last 50 per-job service times of ``queue``."""

@@ -52,19 +52,26 @@ def load(svc: Services, job_id: str, who: Principal) -> JobRecord:
     return rec
 
 
-async def until_final(svc: Services, follower: Follower, job_id: str, who: Principal, wait: float) -> JobRecord:
+async def until_final(
+    svc: Services, follower: Follower, job_id: str, who: Principal, wait: float, fresh: bool = False
+) -> JobRecord:
     """The job's record once it is final, or as it stands after ``wait`` seconds.
 
     The caller subscribed ``follower`` first; the record is read after that, so a job that
-    finishes at any moment is either seen final here or heard of by the follower."""
+    finishes at any moment is either seen final here or heard of by the follower. With
+    ``fresh`` the caller has just queued the job (after subscribing): nothing to read yet.
+    The final event carries the record, so the answer needs no read either."""
     deadline = time.monotonic() + wait
-    rec = load(svc, job_id, who)
-    while not rec.status.final and (left := deadline - time.monotonic()) > 0:
+    rec = None if fresh else load(svc, job_id, who)
+    while (rec is None or not rec.status.final) and (left := deadline - time.monotonic()) > 0:
         messages = await follower.wait(left)
+        for m in messages:
+            if (final := JobRecord.from_event(m)) is not None and final.owner == who.owner:
+                return final
         if messages and all(m in STAGES for m in messages):
             continue  # a running job moved to its next stage: nothing final to read
         rec = load(svc, job_id, who)
-    return rec
+    return rec if rec is not None else load(svc, job_id, who)
 
 
 @router.post(
@@ -128,7 +135,11 @@ async def submit(
             follower = await hub.follow(out.job_id)
         body = {"id": out.job_id, "status": JobStatus.queued.value, "position": out.position, "url": url}
         if follower is not None or out.replayed:  # the job as it stands now
-            rec = await until_final(svc, follower, out.job_id, who, wait) if follower else load(svc, out.job_id, who)
+            rec = (
+                await until_final(svc, follower, out.job_id, who, wait, fresh=not out.replayed)
+                if follower
+                else load(svc, out.job_id, who)
+            )
             if follower is not None and rec.status.final:
                 return Response(view(svc, rec).model_dump_json(), media_type="application/json", headers=headers)
             body.update(status=rec.status.value, position=rec.position)

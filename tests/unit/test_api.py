@@ -14,6 +14,7 @@ from PIL import Image
 
 from api.main import create_app
 from shared.keys import Keys
+from shared.schemas import ImageInfo, JobSpec
 from tests.conftest import ROOT
 
 
@@ -225,3 +226,36 @@ def test_a_long_poll_reads_the_record_again_only_for_news_that_can_be_final(monk
     monkeypatch.setattr(Follower, "wait", one_at_a_time)
     assert asyncio.run(run()).status.final
     assert len(reads) == 2  # before waiting, and after "succeeded"
+
+
+def test_a_wait_on_a_fresh_job_reads_nothing_when_the_final_event_carries_the_record(monkeypatch):
+    """``POST ?wait`` subscribed before queuing and the final event holds the record: the
+    answer costs no Redis read (a stale or foreign record in an event is not trusted)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from api.events import Follower
+    from api.routes import jobs as routes
+
+    reads = []
+
+    def load(_svc, job_id, _who):
+        reads.append(job_id)
+        raise LookupError("the real load answers 404 for another key's job")
+
+    monkeypatch.setattr(routes, "load", load)
+    fields = {"id": "j", "status": "succeeded", "spec": JobSpec(model="shapes", model_version="1", image=ImageInfo(
+        format="PNG", width=4, height=4, bytes=10)).model_dump_json(), "queue": "q", "created_at": "1.0",
+        "finished_at": "2.0", "owner": "me"}  # fmt: skip
+
+    async def run(owner: str):
+        f = Follower(("ch",))
+        for m in ("inference", "cam", "succeeded " + json.dumps(fields)):
+            f.put(m)
+        return await routes.until_final(None, f, "j", SimpleNamespace(owner=owner), 5, fresh=True)
+
+    rec = asyncio.run(run("me"))
+    assert rec.status.value == "succeeded" and rec.finished_at == 2.0 and reads == []
+    with pytest.raises(LookupError):  # not their job's record: read it the normal way
+        asyncio.run(run("someone else"))
+    assert reads == ["j"]

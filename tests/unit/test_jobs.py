@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.artifacts import ArtifactStore
-from shared.jobs import JobStore
+from shared.jobs import Completed, JobRecord, JobStore
 from shared.keys import Keys
 from shared.schemas import (
     ClassStat,
@@ -74,6 +74,29 @@ def test_a_final_state_is_recorded_once(store, rclient, prefix):
     assert rec.status is JobStatus.succeeded and rec.error is None and rec.result == RESULT
     assert store.reclaim("t", "w2") == []  # a redelivered token does not run it again
     assert rclient.get(Keys(prefix).upload(jid)) is None  # the upload is freed once final
+
+
+def test_the_final_event_carries_the_final_record(store, rclient, prefix):
+    """A follower waiting for the end answers from the event, without reading the record."""
+    a, b = "a" * 32, "b" * 32
+    for j in (a, b):
+        store.create(j, SPEC, "q", b"img", owner="key1")
+    assert store.claim("q", "t", "w1", max_jobs=2) == [a, b]
+    ps = rclient.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(Keys(prefix).job_events(a), Keys(prefix).job_events(b))
+    for _ in range(2):  # both subscriptions confirmed
+        assert ps.parse_response(timeout=5)[0] == b"subscribe"
+    artifacts = ArtifactStore(rclient, Keys(prefix), 60)
+    assert store.complete([Completed(a, "q", RESULT, {"mask": b"m"}, 0.1, 0.2)], artifacts, token="t") == [True]
+    assert store.fail(b, "q", "internal_error", "boom") is True
+    assert store.fail(b, "q", "internal_error", "again") is False  # no second final event
+    events = [m["data"].decode() for m in iter(lambda: ps.get_message(timeout=1), None)]
+    ps.close()
+    assert [e.partition(" ")[0] for e in events] == ["succeeded", "failed"]
+    got = [JobRecord.from_event(e) for e in events]
+    assert got == [store.get(a), store.get(b)]
+    assert got[0].result == RESULT and got[0].owner == "key1" and got[1].error.message == "boom"
+    assert all(JobRecord.from_event(m) is None for m in ("inference", "changed", "moved", "succeeded"))
 
 
 def test_an_interrupted_token_takes_back_its_unfinished_jobs(store):

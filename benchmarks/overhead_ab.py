@@ -2,10 +2,12 @@
 
     python -m benchmarks.overhead_ab ab47116 HEAD          # demo model, 3 alternating rounds
     python -m benchmarks.overhead_ab ab47116 HEAD --model realistic --rounds 2
+    python -m benchmarks.overhead_ab 72fdd98 HEAD --post-wait   # both have POST ?wait
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
 (this checkout's virtualenv), against the same Redis, images and client, one client waiting
-with a long-poll ``GET ?wait`` after each 202 (every version of the API has that). Rounds
+with a long-poll ``GET ?wait`` after each 202 (every version of the API has that), or with
+``--post-wait`` in the submission itself (``POST ?wait``, what ``make bench`` uses). Rounds
 alternate between the commits so that the machine's drift hits both. Prints a table and
 writes ``benchmarks/results/overhead_ab-<utc-time>.json``.
 """
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=sorted(run.MODELS), default="demo")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--post-wait", action="store_true", help="wait with POST ?wait (commits from aa843fb on)")
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.ROOT = tree  # processes start from the worktree
                 procs, url = bench.segcam(models=model)
                 try:
-                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=True)
+                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=not args.post_wait)
                 finally:
                     bench.cleanup(procs)
                 rows[rev].append(res)

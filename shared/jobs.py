@@ -468,15 +468,8 @@ class JobStore:
             self.notify_queue(queue)
         return out
 
-    def enter_stage(self, job_ids: list[str], stage: str) -> list[str]:
-        """Record the stage each running job is in; returns those whose cancellation was requested."""
-        pipe = self.r.pipeline(transaction=False)
-        for j in job_ids:
-            pipe.hset(self.keys.job(j), "stage", stage)
-            pipe.hget(self.keys.job(j), "cancel_requested")
-            pipe.publish(self.keys.job_events(j), stage)
-        flags = pipe.execute()[1::3]
-        return [j for j, f in zip(job_ids, flags, strict=True) if f]
+    def stage_reports(self) -> StageReports:
+        return StageReports(self)
 
     def drain_rate(self, queue: str, window_s: float = 60.0) -> float:
         """Jobs finished per second over the last minute (0.0 when nothing finished yet).
@@ -527,3 +520,70 @@ class JobStore:
 
     def queue_depth(self, queue: str) -> int:
         return int(self.r.zcard(self.keys.queued(queue)))
+
+
+class StageReports:
+    """A running batch's stage reports, written without waiting for Redis.
+
+    Recording a stage (and telling the job's followers) would cost a round trip at every
+    stage boundary, in the middle of the job. The commands are written at once and their
+    replies read at the next boundary (or by ``close``), by when they have long arrived.
+    The cancellation flags come back with those replies, so they are as of the previous
+    boundary: a running job whose cancellation is requested stops at the second stage
+    boundary after the request at the latest, or has its result dropped at the end.
+    """
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+        self.conn = None
+        self.sent: list[str] = []  # jobs whose replies are still to be read
+
+    def report(self, job_ids: list[str], stage: str) -> list[str]:
+        """Record ``stage`` for ``job_ids``; returns the jobs found flagged for cancellation by
+        the previous report (they get no new stage)."""
+        cancelled = self._collect()
+        live = [j for j in job_ids if j not in cancelled]
+        if live:
+            k = self.jobs.keys
+            commands = []
+            for j in live:
+                commands += [("HSET", k.job(j), "stage", stage), ("HGET", k.job(j), "cancel_requested"),
+                             ("PUBLISH", k.job_events(j), stage)]  # fmt: skip
+            if self.conn is None:
+                self.conn = self.jobs.r.connection_pool.get_connection()
+            try:
+                self.conn.send_packed_command(self.conn.pack_commands(commands))
+            except BaseException:
+                self._drop()
+                raise
+            self.sent = live
+        return cancelled
+
+    def close(self) -> list[str]:
+        """Read what is outstanding and give the connection back; returns the jobs flagged for
+        cancellation by the last report."""
+        try:
+            return self._collect()
+        finally:
+            if self.conn is not None:
+                self.jobs.r.connection_pool.release(self.conn)
+                self.conn = None
+
+    def _collect(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        if not sent:
+            return []
+        try:
+            replies = [self.conn.read_response() for _ in range(3 * len(sent))]
+        except BaseException:
+            self._drop()
+            raise
+        return [j for j, flag in zip(sent, replies[1::3], strict=True) if flag]
+
+    def _drop(self) -> None:
+        """A failed write or read leaves replies unaccounted for: the connection is not reused."""
+        self.sent = []
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.jobs.r.connection_pool.release(self.conn)
+            self.conn = None

@@ -155,7 +155,10 @@ class JobRunner:
         hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
         t0 = time.time()
         try:
-            results = Pipeline(model).run(items, spec.method, on_stage=hook)
+            try:
+                results = Pipeline(model).run(items, spec.method, on_stage=hook)
+            finally:
+                hook.close()
         except BatchCancelled:
             return dict.fromkeys(hook.cancelled, "cancelled")
         except SoftTimeLimitExceeded:
@@ -258,31 +261,40 @@ def reproduction(manifest: ModelManifest, rec: JobRecord, device: str, target_la
 class StageHook:
     """Called by the pipeline at each stage boundary of a batch.
 
-    One Redis round trip records the stage and reads the cancellation flags; a job
-    cancelled while running ends ``cancelled`` here (its result, if the batch goes on for
-    the others, is dropped). With fault injection on, injected faults fire here too.
+    Records the stage and reads the cancellation flags without waiting for Redis (see
+    ``StageReports``); a job cancelled while running ends ``cancelled`` here (its result, if
+    the batch goes on for the others, is dropped). With fault injection on, injected faults
+    fire here too. ``close`` must run once the pipeline is done, whatever its outcome.
     """
 
     def __init__(self, runner: JobRunner, records: list[JobRecord], uploads: list[bytes]) -> None:
         self.runner = runner
         self.live = {r.id: r for r in records}
         self.cancelled: set[str] = set()
+        self.reports = runner.jobs.stage_reports()
         self.faults = {}
         if runner.fault_injection:
             self.faults = {r.id: f for r, d in zip(records, uploads, strict=True) if (f := faults.read_fault(d))}
 
     def __call__(self, stage: str) -> None:
-        jobs = self.runner.jobs
-        # The claim itself put the jobs in "preprocess" and told their followers: no round trip.
-        cancelled = jobs.enter_stage(list(self.live), stage) if stage != "preprocess" else []
-        for job_id in cancelled:
-            rec = self.live.pop(job_id)
-            if jobs.mark_cancelled(job_id, rec.queue):
-                log.info("job %s cancelled at stage %s", job_id, stage)
-                self.cancelled.add(job_id)
-                self.runner.finished(rec)
+        # The claim itself put the jobs in "preprocess" and told their followers.
+        if stage != "preprocess":
+            self._cancel(self.reports.report(list(self.live), stage), stage)
         if not self.live:
             raise BatchCancelled
         for job_id, fault in self.faults.items():
             if job_id in self.live:
                 faults.trigger(fault, stage)
+
+    def close(self) -> None:
+        """The pipeline is over: the last report's flags still count (the result is dropped)."""
+        self._cancel(self.reports.close(), "end")
+
+    def _cancel(self, job_ids: list[str], stage: str) -> None:
+        jobs = self.runner.jobs
+        for job_id in job_ids:
+            rec = self.live.pop(job_id, None)
+            if rec is not None and jobs.mark_cancelled(job_id, rec.queue):
+                log.info("job %s cancelled at stage %s", job_id, stage)
+                self.cancelled.add(job_id)
+                self.runner.finished(rec)

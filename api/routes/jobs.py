@@ -229,7 +229,7 @@ async def job_events(
 @router.delete(
     "/{job_id}",
     response_model=JobView,
-    summary="Cancel a job: a queued job never runs; a running one stops at its next stage",
+    summary="Cancel a job: a queued job never runs; a running one stops within two stage boundaries",
     responses={202: {"model": JobView}, **responses(401, 404, 409)},
 )
 def cancel_job(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> JSONResponse:

@@ -181,4 +181,43 @@ def test_cancel_a_queued_job_removes_it_from_the_order(store):
     assert store.cancel("a" * 32, "q") == "cancelled"  # already final: reported, not changed
     store.create("b" * 32, SPEC, "q", b"i")
     store.claim("q", "t", "w")
-    assert store.cancel("b" * 32, "q") == "cancelling" and store.enter_stage(["b" * 32], "cam") == ["b" * 32]
+    assert store.cancel("b" * 32, "q") == "cancelling"
+    reports = store.stage_reports()
+    assert reports.report(["b" * 32], "cam") == [] and reports.close() == ["b" * 32]  # the flag comes back
+
+
+def test_stage_reports_do_not_wait_and_hand_the_flags_back_one_report_later(store, rclient, prefix):
+    a, b = "a" * 32, "b" * 32
+    for j in (a, b):
+        store.create(j, SPEC, "q", b"i")
+    store.claim("q", "t", "w", max_jobs=2)
+    ps = rclient.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(Keys(prefix).job_events(a))
+    assert ps.parse_response(timeout=5)[0] == b"subscribe"
+    pool = rclient.connection_pool
+    reports = store.stage_reports()
+    assert reports.report([a, b], "inference") == []
+    assert reports.sent == [a, b]  # written; replies not read yet
+    store.cancel(b, "q")  # after the "inference" report was written
+    assert reports.report([a, b], "cam") == []  # the flags read now are as of "inference"
+    assert store.get(a).stage == store.get(b).stage == "cam"
+    assert reports.report([a, b], "encode") == [b]  # b's flag, seen with the "cam" report
+    assert reports.close() == []
+    assert store.get(a).stage == "encode" and store.get(b).stage == "cam"  # b got no new stage
+    assert [m["data"] for m in iter(lambda: ps.get_message(timeout=1), None)] == [b"inference", b"cam", b"encode"]
+    ps.close()
+    assert reports.conn is None and len(pool._in_use_connections) == 0  # the connection went back
+
+
+def test_stage_reports_drop_a_connection_that_failed_mid_reply(store, monkeypatch):
+    store.create("a" * 32, SPEC, "q", b"i")
+    store.claim("q", "t", "w")
+    reports = store.stage_reports()
+    reports.report(["a" * 32], "inference")
+    conn = reports.conn
+    monkeypatch.setattr(conn, "read_response", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("gone")))
+    with pytest.raises(ConnectionError):
+        reports.report(["a" * 32], "cam")
+    assert reports.conn is None and reports.sent == [] and conn._sock is None  # not reused with stray replies
+    monkeypatch.undo()  # the pool may hand the same (reconnected) object out again
+    assert reports.report(["a" * 32], "encode") == [] and reports.close() == []  # a fresh connection works

@@ -15,7 +15,7 @@ from PIL import Image
 from shared.artifacts import ArtifactStore
 from shared.celery_app import TASK_SEGMENT, task_message
 from shared.celery_app import app as celery_app
-from shared.jobs import JobStore
+from shared.jobs import JobStore, StageReports
 from shared.keys import Keys
 from shared.model_store import ModelStore
 from shared.schemas import ImageInfo, JobSpec, JobStatus, Method
@@ -146,27 +146,42 @@ def test_a_lone_job_is_held_no_longer_than_max_wait(parts):
     assert 45 <= result.timings_ms.queue_wait_ms <= 50 + 100  # it waited for company, and not past max_wait
 
 
-def test_cancelling_one_job_of_a_batch_leaves_the_others(parts, rclient, prefix):
+def test_cancelling_one_job_of_a_batch_leaves_the_others(parts, rclient, prefix, monkeypatch):
     jobs, _arts, runner, submit = parts
     scenes = held_out(3)
     for i, s in enumerate(scenes):
         submit(f"{i:032x}", s.image)
     r = runner(batch=8)
-    real_enter = jobs.enter_stage
+    real_report = StageReports.report
 
-    def cancel_during_inference(ids, stage):
+    def cancel_during_inference(self, ids, stage):
         if stage == "inference":
             jobs.cancel(f"{1:032x}", QUEUE)  # the client's DELETE arrives mid-batch
-        return real_enter(ids, stage)
+        return real_report(self, ids, stage)
 
-    jobs.enter_stage = cancel_during_inference
-    try:
-        out = r.run_token("tok", QUEUE)
-    finally:
-        jobs.enter_stage = real_enter
+    monkeypatch.setattr(StageReports, "report", cancel_during_inference)
+    out = r.run_token("tok", QUEUE)
     assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "cancelled", f"{2:032x}": "succeeded"}
     assert jobs.get(f"{1:032x}").status is JobStatus.cancelled
     assert jobs.get(f"{0:032x}").result.batch_size == 3
+
+
+def test_a_cancel_seen_only_after_the_last_stage_drops_the_result(parts, monkeypatch):
+    """The flags of the last stage report are read when the pipeline ends: a job cancelled
+    then ends cancelled, its result dropped, not succeeded."""
+    jobs, _arts, runner, submit = parts
+    submit("e" * 32, held_out(1)[0].image)
+    real_report = StageReports.report
+
+    def cancel_at_encode(self, ids, stage):
+        if stage == "encode":
+            jobs.cancel("e" * 32, QUEUE)
+        return real_report(self, ids, stage)
+
+    monkeypatch.setattr(StageReports, "report", cancel_at_encode)
+    assert runner().run_token("tok", QUEUE) == {"e" * 32: "cancelled"}
+    rec = jobs.get("e" * 32)
+    assert rec.status is JobStatus.cancelled and rec.result is None and jobs.claimed("tok") == []
 
 
 def test_a_busy_token_runs_the_queued_jobs_and_takes_their_spare_messages(parts, rclient, prefix):

@@ -8,8 +8,11 @@ by a worker.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from fastapi import Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
 
 from api.deps import Services, services
 from api.errors import ApiError
@@ -23,20 +26,72 @@ LONG_FIELDS = {"callback_url": 2048}
 METHOD_NAMES = ", ".join(m.value for m in Method)
 
 
-async def checked_form(request: Request, svc: Services = Depends(services)) -> None:
-    """Refuse unknown fields (a typo would otherwise be silently ignored) and oversized values."""
+# OpenAPI's view of the submission form. ``checked_form`` reads the form itself: FastAPI's
+# per-field ``Form()`` extraction cost more CPU than anything else the gateway does for a
+# submission but the Redis call (docs/performance.md).
+class SubmitForm(BaseModel):
+    """A submission: the image and its options, as a multipart form."""
+
+    model_config = ConfigDict(title="SubmitForm")
+
+    image: str = Field(description="PNG, JPEG, WebP, BMP, GIF or TIFF; sniffed from its bytes.",
+                       json_schema_extra={"contentMediaType": "application/octet-stream"})  # fmt: skip
+    model: str | None = Field(None, description="Model (`name`, `name:version`, `name:alias`); default from settings.")
+    target_class: str | None = Field(
+        None, description="Class index or label; default: the largest predicted non-background class."
+    )
+    method: str | None = Field(
+        None,
+        description="gradcam (default), gradcam++, hirescam, xgradcam, layercam, eigencam.",
+        json_schema_extra={"enum": [m.value for m in Method]},
+    )
+    priority: str | None = Field(None, description="high, normal (default) or low.",
+                                 json_schema_extra={"enum": [p.value for p in Priority]})  # fmt: skip
+    routing_key: str | None = Field(
+        None, description="Pins the A/B variant: jobs with the same key run the same model version."
+    )
+    callback_url: str | None = Field(
+        None, description="http(s) URL that receives the final status, signed with HMAC-SHA256 (see README)."
+    )
+
+
+SUBMIT_BODY = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SubmitForm.model_json_schema()}}}
+}
+
+
+@dataclass
+class Submission:
+    image: UploadFile
+    fields: dict[str, str | None]
+
+
+async def checked_form(request: Request, svc: Services = Depends(services)) -> Submission:
+    """The submitted form, refusing unknown fields (a typo would otherwise be silently
+    ignored), repeated and oversized ones, and a missing or non-file image."""
     form = await request.form()
     unknown = sorted({k for k in form if k not in FORM_FIELDS})
     if unknown:
         names = ", ".join(repr(k[:40]) for k in unknown[:5])
         raise ApiError(422, "unknown_field", f"unknown form field(s) {names}; accepted: {', '.join(FORM_FIELDS)}")
+    fields: dict[str, str | None] = {}
     for key in FORM_FIELDS:
         values = form.getlist(key)
         if len(values) > 1:
             raise ApiError(422, "duplicate_field", f"form field '{key}' was sent {len(values)} times")
+        value = values[0] if values else None
+        if key == "image":
+            if not isinstance(value, UploadFile):
+                why = "is missing" if value is None else "must be a file part (with a filename), not a text field"
+                raise ApiError(422, "invalid_request", f"form field 'image' {why}")
+            continue
+        if isinstance(value, UploadFile):
+            raise ApiError(422, "invalid_request", f"form field '{key}' must be text, not a file")
         limit = LONG_FIELDS.get(key, svc.settings.max_field_chars)
-        if key != "image" and values and isinstance(values[0], str) and len(values[0]) > limit:
+        if value is not None and len(value) > limit:
             raise ApiError(422, "field_too_long", f"form field '{key}' is longer than {limit} characters")
+        fields[key] = value
+    return Submission(form["image"], fields)
 
 
 def resolve_model(svc: Services, ref: str | None, routing_key: str | None = None) -> tuple[ModelManifest, str | None]:

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import time
 
-from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal, enforce_rate_limit, principal
@@ -14,11 +14,11 @@ from api.deps import Services, event_hub, services
 from api.errors import ApiError, responses
 from api.events import EventHub, Follower
 from api.queueing import enqueue, new_job_id
-from api.validation import build_spec, checked_form
+from api.validation import SUBMIT_BODY, Submission, build_spec, checked_form
 from shared import webhooks
 from shared.jobs import JobRecord
 from shared.presence import live_workers
-from shared.schemas import ARTIFACT_NAMES, STAGES, JobAccepted, JobStatus, JobView, Method, Priority
+from shared.schemas import ARTIFACT_NAMES, STAGES, JobAccepted, JobStatus, JobView
 from shared.views import job_url, job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -83,28 +83,10 @@ async def until_final(
         200: {"model": JobView, "description": "With `?wait=S`: the job ended within S seconds."},
         **responses(400, 401, 413, 415, 422, 429, 503),
     },
-    dependencies=[Depends(checked_form)],
+    openapi_extra=SUBMIT_BODY,
 )
 async def submit(
-    image: UploadFile = File(..., description="PNG, JPEG, WebP, BMP, GIF or TIFF; sniffed from its bytes."),
-    model: str | None = Form(None, description="Model (`name`, `name:version`, `name:alias`); default from settings."),
-    target_class: str | None = Form(
-        None, description="Class index or label; default: the largest predicted non-background class."
-    ),
-    method: str | None = Form(
-        None,
-        description="gradcam (default), gradcam++, hirescam, xgradcam, layercam, eigencam.",
-        json_schema_extra={"enum": [m.value for m in Method]},
-    ),
-    priority: str | None = Form(
-        None, description="high, normal (default) or low.", json_schema_extra={"enum": [p.value for p in Priority]}
-    ),
-    routing_key: str | None = Form(
-        None, description="Pins the A/B variant: jobs with the same key run the same model version."
-    ),
-    callback_url: str | None = Form(
-        None, description="http(s) URL that receives the final status, signed with HMAC-SHA256 (see README)."
-    ),
+    form: Submission = Depends(checked_form),
     idempotency_key: str | None = Header(
         None, max_length=255, description="Repeat a submission safely: the same key returns the same job."
     ),
@@ -120,9 +102,10 @@ async def submit(
     hub: EventHub = Depends(event_hub),
 ) -> Response:
     enforce_rate_limit(svc, who)
-    data = await image.read(svc.settings.max_upload_bytes + 1)
-    routing = routing_key or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
-    spec = build_spec(svc, data, model, target_class, method, priority, routing, callback_url)
+    data = await form.image.read(svc.settings.max_upload_bytes + 1)
+    f = form.fields
+    routing = f["routing_key"] or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
+    spec = build_spec(svc, data, f["model"], f["target_class"], f["method"], f["priority"], routing, f["callback_url"])
     job_id = new_job_id()
     # Listening before the job is queued: no completion can slip past unheard.
     follower = await hub.follow(job_id) if wait > 0 else None

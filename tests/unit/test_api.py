@@ -91,6 +91,22 @@ def test_missing_image_is_a_422_naming_the_field(client):
     assert r.status_code == 422 and "image" in r.json()["error"]["message"]
 
 
+def test_image_as_text_and_options_as_files_are_422s_naming_the_field(client, rclient, settings):
+    r = client.post("/v1/jobs", data={"image": "not a file"})
+    assert r.status_code == 422 and "'image'" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", files={"image": ("a.png", png()), "model": ("m.txt", b"shapes")})
+    assert r.status_code == 422 and "'model'" in r.json()["error"]["message"]
+    assert queue_len(rclient, settings) == 0
+
+
+def test_the_openapi_form_lists_every_accepted_field(client):
+    from api.validation import FORM_FIELDS
+
+    body = client.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    assert body["required"] and schema["required"] == ["image"] and tuple(schema["properties"]) == FORM_FIELDS
+
+
 def test_image_over_the_pixel_cap_is_413(settings):
     small = settings.model_copy(update={"max_pixels": 1000})
     with TestClient(create_app(small)) as c:

@@ -28,7 +28,9 @@ def markdown(run: dict) -> str:
     out = [
         f"# segcam benchmark, {run.get('started', '')}",
         "",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, device {m.get('device')}; torch {m.get('torch')}, "
+        f"Machine: {m.get('cpu')}"
+        + (f" ({', '.join(m['cpu_features']) or 'no avx2/avx512'})" if "cpu_features" in m else "")
+        + f", {m.get('cores')} cores, device {m.get('device')}; torch {m.get('torch')}, "
         f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; "
         f"{_f(args.get('seconds'), 0)} s per timed run. One worker unless stated.",
         "",

@@ -642,17 +642,22 @@ class Bench:
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    """The host as far as the figures depend on it. Hosts behind the same model name differ: the
+    vector extensions decide, e.g., whether bf16 is fast (avx512_bf16, amx) or emulated."""
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+    return {"cpu": cpu, "cpu_features": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
             "device": "cuda:0 " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}  # fmt: skip
 
 

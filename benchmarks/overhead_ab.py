@@ -3,6 +3,7 @@
     python -m benchmarks.overhead_ab ab47116 HEAD          # demo model, 3 alternating rounds
     python -m benchmarks.overhead_ab ab47116 HEAD --model realistic --rounds 2
     python -m benchmarks.overhead_ab 72fdd98 HEAD --post-wait   # both have POST ?wait
+    python -m benchmarks.overhead_ab 72fdd98 HEAD --gateway     # accepted submissions/s instead
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
 (this checkout's virtualenv), against the same Redis, images and client, one client waiting
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--post-wait", action="store_true", help="wait with POST ?wait (commits from aa843fb on)")
+    ap.add_argument("--gateway", action="store_true", help="the gateway alone: accepted submissions/s, API CPU")
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rounds):
             for rev, tree in trees.items():
                 run.ROOT = tree  # processes start from the worktree
+                if args.gateway:
+                    bench.run_gateway()
+                    res = bench.out["sections"]["gateway"]
+                    rows[rev].append(res)
+                    print(f"round {i + 1} {rev}: {res['accepted_per_s']:.0f} accepted/s", flush=True)
+                    continue
                 procs, url = bench.segcam(models=model)
                 try:
                     res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=not args.post_wait)
@@ -62,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
+    if args.gateway:
+        print("\n| commit | rounds | accepted/s (median of rounds) | p50 ms | p99 ms |\n|---|---|---|---|---|")
+        summary = {rev: {k: statistics.median(r[k] for r in rs) for k in ("accepted_per_s", "p50_ms", "p99_ms")}
+                   for rev, rs in rows.items()}  # fmt: skip
+        for rev, s in summary.items():
+            print(f"| {rev} | {args.rounds} | {s['accepted_per_s']:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
+        a, b = args.revisions
+        print(f"\naccepted/s ratio {b} / {a}: {summary[b]['accepted_per_s'] / summary[a]['accepted_per_s']:.2f}")
+        return _save(args, rows, summary)
     print("\n| commit | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms |")
     print("|---|---|---|---|---|")
     summary = {}
@@ -73,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {rev} | {len(rs)} | {s['overhead_p50']:.2f} | {s['overhead_p99']:.2f} | {s['latency_p50']:.1f} |")
     a, b = args.revisions
     print(f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}")
+    return _save(args, rows, summary)
+
+
+def _save(args: argparse.Namespace, rows: dict, summary: dict) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(__file__).parent / "results" / f"overhead_ab-{stamp}.json"
+    out = Path(__file__).parent / "results" / f"{'gateway' if args.gateway else 'overhead'}_ab-{stamp}.json"
     out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary},
                               indent=2) + "\n")  # fmt: skip
     print(f"wrote {out}")

@@ -245,7 +245,6 @@ class JobRecord:
 
     @classmethod
     def from_fields(cls, s: dict[str, str]) -> JobRecord:
-
         def num(name: str) -> float | None:
             return float(s[name]) if s.get(name) else None
 
@@ -280,7 +279,6 @@ class JobStore:
         self.upload_ttl_s = upload_ttl_s
         self._create = client.register_script(_CREATE)
         self._take = client.register_script(_TAKE)
-        self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
 
     def create(
@@ -497,7 +495,7 @@ class JobStore:
         keys = [k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue), k.metrics(),
                 k.job_events(job_id)]  # fmt: skip
         args = [job_id, status.value, repr(time.time()), self.job_ttl_s, field, value, k.model_of(queue)]
-        pipe.eval(self._finish.script, len(keys), *keys, *args)
+        pipe.eval(_FINISH, len(keys), *keys, *args)
 
     def mean_service_s(self, queue: str) -> float | None:
         """Moving average of the last 50 per-job service times of ``queue``."""

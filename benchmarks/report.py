@@ -54,6 +54,7 @@ def markdown(run: dict) -> str:
         for label, name in (("segcam_low_load", "segcam over HTTP, low load"),
                             ("segcam_low_load_poll", "segcam over HTTP, low load, submit then long-poll `GET ?wait`"),
                             ("segcam_saturated", "segcam over HTTP, saturated"),
+                            ("segcam_saturated_repeat", "segcam over HTTP, saturated, again (after a limit run)"),
                             ("segcam_saturated_batch8", "segcam over HTTP, saturated, batching"),
                             ("segcam_2_workers", "segcam over HTTP, one worker per core")):  # fmt: skip
             r = c.get(label)
@@ -75,7 +76,15 @@ def markdown(run: dict) -> str:
             "",
             f"Saturation efficiency (segcam, one worker, saturated / in-process limit): **{c['efficiency']:.3f}**"
             + (
-                f" (limit {_f(lim['before_images_per_s'], 2)} images/s before the segcam runs and "
+                " (two saturated runs, "
+                + " and ".join(_f(c[n]["throughput_per_s"], 2) for n in ("segcam_saturated", "segcam_saturated_repeat"))
+                + " images/s, each between two runs of the limit, "
+                + ", ".join(_f(x, 2) for x in lim["samples_images_per_s"])
+                + " images/s; the table shows the means; each run against its neighbours: "
+                + " and ".join(f"{e:.3f}" for e in c["efficiency_per_pair"])
+                + ")."
+                if "samples_images_per_s" in lim
+                else f" (limit {_f(lim['before_images_per_s'], 2)} images/s before the segcam runs and "
                 f"{_f(lim['after_images_per_s'], 2)} right after the saturated one; the table shows their mean)."
                 if "after_images_per_s" in lim
                 else "."

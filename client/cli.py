@@ -17,22 +17,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = LocalStack(
         env=env, api_port=args.port, workers=args.workers, flower_port=args.flower_port, log_dir=Path(args.logs)
     )
-    try:
-        stack.start()
-    except StackError as e:
-        stack.stop()
-        print(f"segcam up: {e}", file=sys.stderr)
-        return 1
-    print(f"segcam is up: API {stack.url} (docs {stack.url}/docs)", flush=True)
-    if args.flower_port:
-        print(f"Flower: http://127.0.0.1:{args.flower_port}", flush=True)
-    print(f"logs in {stack.log_dir}; Ctrl-C stops everything", flush=True)
 
     def interrupt(*_args) -> None:
         raise KeyboardInterrupt
 
+    # Before starting anything: a SIGTERM or Ctrl-C while the stack comes up stops what started.
     signal.signal(signal.SIGTERM, interrupt)
     try:
+        try:
+            stack.start()
+        except StackError as e:
+            print(f"segcam up: {e}", file=sys.stderr)
+            return 1
+        print(f"segcam is up: API {stack.url} (docs {stack.url}/docs)", flush=True)
+        if args.flower_port:
+            print(f"Flower: http://127.0.0.1:{args.flower_port}", flush=True)
+        print(f"logs in {stack.log_dir}; Ctrl-C stops everything", flush=True)
         while all(p.poll() is None for p in stack.procs.values()):
             time.sleep(0.5)
         print("segcam up: a process exited; stopping", file=sys.stderr)

@@ -176,6 +176,41 @@ def test_segcam_up_brings_the_stack_up_and_takes_it_down(redis_url, tmp_path):
     cleanup_prefix(redis.Redis.from_url(redis_url), env["SEGCAM_KEY_PREFIX"])
 
 
+def test_segcam_up_stopped_while_starting_stops_what_it_started(redis_url, tmp_path):
+    """A SIGTERM (or Ctrl-C) before the workers are ready: exit 0, nothing left serving."""
+    import signal
+
+    from stack.local import free_port
+
+    port = free_port()
+    env = {**os.environ, "SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": f"upx{os.getpid()}",
+           "SEGCAM_DEVICE": "cpu"}  # fmt: skip
+    cmd = [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--flower-port", "0", "--logs", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    starting = False
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:  # the API answers, the workers are not ready yet (they are still importing torch)
+                up = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+                starting = up and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code != 200
+            except httpx.HTTPError:
+                up = False
+            if up:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    if not starting:
+        pytest.skip("the stack was ready before the test could catch it starting")
+    assert proc.returncode == 0, out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    assert "segcam is up" not in out
+    cleanup_prefix(redis.Redis.from_url(redis_url), env["SEGCAM_KEY_PREFIX"])
+
+
 def test_worker_metrics_reach_prometheus_through_flower(stack):
     from prometheus_client.parser import text_string_to_metric_families
 

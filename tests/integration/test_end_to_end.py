@@ -143,15 +143,21 @@ def test_demo_command_runs_real_jobs_and_writes_results(stack, tmp_path):
     assert Image.open(out / "contact_sheet.png").size == (4 * 168 + 8, 4 * 168 + 8)  # a row per job, a column per image
 
 
-def test_segcam_up_brings_the_stack_up_and_takes_it_down(redis_url, tmp_path):
-    import signal
-
+def launch_up(redis_url: str, tmp_path, prefix: str) -> tuple[subprocess.Popen, int, dict[str, str]]:
+    """``segcam up`` on a free port, without Flower, logging under ``tmp_path``."""
     from stack.local import free_port
 
     port = free_port()
-    env = {**os.environ, "SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": f"up{os.getpid()}", "SEGCAM_DEVICE": "cpu"}
+    env = {**os.environ, "SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_DEVICE": "cpu"}
     cmd = [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--flower-port", "0", "--logs", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port, env
+
+
+def test_segcam_up_brings_the_stack_up_and_takes_it_down(redis_url, tmp_path):
+    import signal
+
+    proc, port, env = launch_up(redis_url, tmp_path, f"up{os.getpid()}")
     try:
         deadline = time.monotonic() + 120
         ready = False
@@ -180,13 +186,7 @@ def test_segcam_up_stopped_while_starting_stops_what_it_started(redis_url, tmp_p
     """A SIGTERM (or Ctrl-C) before the workers are ready: exit 0, nothing left serving."""
     import signal
 
-    from stack.local import free_port
-
-    port = free_port()
-    env = {**os.environ, "SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": f"upx{os.getpid()}",
-           "SEGCAM_DEVICE": "cpu"}  # fmt: skip
-    cmd = [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--flower-port", "0", "--logs", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, port, env = launch_up(redis_url, tmp_path, f"upx{os.getpid()}")
     starting = False
     try:
         deadline = time.monotonic() + 60

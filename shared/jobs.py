@@ -34,32 +34,38 @@ _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
 # KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash,
 # broker list (the Celery queue).
-# ARGV: job id, job ttl, upload ttl, upload bytes, priority band, max queue depth (0: none),
-# idempotency ttl (0: no key), request fingerprint, queue channel, model, variant ('' if none),
-# Celery message ('' for none), then field/value pairs of the record.
+# ARGV: job id, job ttl, priority band, max queue depth (0: none), idempotency ttl (0: no key),
+# request fingerprint, queue channel, model, variant ('' if none), Celery message ('' for
+# none), then field/value pairs of the record.
+# The upload is not an argument: a 64 KB string costs Redis about 0.1 ms to pass into Lua (and
+# as much to pass out), against a few microseconds for a plain SET. The caller SETs it in the
+# same MULTI, just before this script, which deletes it again when no job is created.
 # Returns {'ok', position} | {'full', depth} | {'replay', "job_id fingerprint"}. One round trip.
 _CREATE = """
-if tonumber(ARGV[7]) > 0 then
+if tonumber(ARGV[5]) > 0 then
   local prev = redis.call('GET', KEYS[5])
-  if prev then return {'replay', prev} end
+  if prev then
+    redis.call('DEL', KEYS[4])
+    return {'replay', prev}
+  end
 end
 local depth = redis.call('ZCARD', KEYS[2])
-if tonumber(ARGV[6]) > 0 and depth >= tonumber(ARGV[6]) then
-  redis.call('HINCRBY', KEYS[6], 'rejected|queue_full|' .. ARGV[10], 1)
+if tonumber(ARGV[4]) > 0 and depth >= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[4])
+  redis.call('HINCRBY', KEYS[6], 'rejected|queue_full|' .. ARGV[8], 1)
   return {'full', depth}
 end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[5]) * 1e12 + seq, ARGV[1])
-if tonumber(ARGV[7]) > 0 then
-  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[7])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) * 1e12 + seq, ARGV[1])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[5])
 end
-redis.call('HINCRBY', KEYS[6], 'jobs|submitted|' .. ARGV[10], 1)
-if ARGV[11] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[11], 1) end
-if ARGV[12] ~= '' then redis.call('LPUSH', KEYS[8], ARGV[12]) end  -- as kombu's Redis transport does
-redis.call('PUBLISH', ARGV[9], 'moved')  -- a high-priority job moves the ones behind it
+redis.call('HINCRBY', KEYS[6], 'jobs|submitted|' .. ARGV[8], 1)
+if ARGV[9] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[9], 1) end
+if ARGV[10] ~= '' then redis.call('LPUSH', KEYS[8], ARGV[10]) end  -- as kombu's Redis transport does
+redis.call('PUBLISH', ARGV[7], 'moved')  -- a high-priority job moves the ones behind it
 return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
 
@@ -78,9 +84,17 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
 # decides), drop ('1' | '0'), claims key prefix, backlog only ('1': claim no more jobs than
 # there are undelivered messages, so a draining worker never takes a job an idle one is about
-# to get).
-# Returns {'reclaimed' | 'claimed', id, ...}.
+# to get), load ('1': return the jobs' records too).
+# Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}}, each record as HGETALL gives it.
+# Uploads are read outside the script (see _CREATE on large strings and Lua).
 _TAKE = f"""
+local function out(kind, ids)
+  local records = {{}}
+  if ARGV[15] == '1' then
+    for _, id in ipairs(ids) do table.insert(records, redis.call('HGETALL', ARGV[1] .. id)) end
+  end
+  return {{kind, ids, records}}
+end
 local mode = ARGV[10]
 if mode ~= 'claim' then
   local left = {{}}
@@ -94,7 +108,7 @@ if mode ~= 'claim' then
       table.insert(left, id)
     end
   end
-  if #left > 0 or mode == 'reclaim' then return {{'reclaimed', unpack(left)}} end
+  if #left > 0 or mode == 'reclaim' then return out('reclaimed', left) end
 end
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
 local claimed = {{}}
@@ -142,7 +156,7 @@ if #claimed > 0 then
     for i = #kept, 1, -1 do redis.call('LPUSH', KEYS[3], kept[i]) end
   end
 end
-return {{'claimed', unpack(claimed)}}
+return out('claimed', claimed)
 """
 
 # KEYS: job, queued zset, upload, completions zset, metrics hash, job events channel.
@@ -197,6 +211,16 @@ class Completed:
     artifacts: dict[str, bytes]
     queue_wait_s: float
     service_s: float
+
+
+@dataclass
+class Taken:
+    """What a take did: the jobs claimed (or taken back after a crash, ``reclaimed``), and
+    with ``load`` their records and uploads (None where the record or upload has expired)."""
+
+    reclaimed: bool
+    job_ids: list[str]
+    loaded: dict[str, tuple[JobRecord | None, bytes | None]]
 
 
 @dataclass
@@ -277,8 +301,6 @@ class JobStore:
         self.keys = keys
         self.job_ttl_s = job_ttl_s
         self.upload_ttl_s = upload_ttl_s
-        self._create = client.register_script(_CREATE)
-        self._take = client.register_script(_TAKE)
         self._cancel = client.register_script(_CANCEL)
 
     def create(
@@ -312,33 +334,14 @@ class JobStore:
         k = self.keys
         idem_ttl = idempotency_ttl_s if idempotency_key else 0
         model = k.model_of(queue)
-        kind, value = self._create(
-            keys=[
-                k.job(job_id),
-                k.queued(queue),
-                k.sequence(),
-                k.upload(job_id),
-                k.idempotency(owner, idempotency_key or ""),
-                k.metrics(),
-                k.variants(model),
-                queue,
-            ],
-            args=[
-                job_id,
-                self.job_ttl_s,
-                self.upload_ttl_s,
-                upload,
-                priority_band,
-                max_depth,
-                idem_ttl,
-                fingerprint,
-                k.queue_events(queue),
-                model,
-                spec.variant or "",
-                message,
-                *flat,
-            ],
-        )
+        keys = [k.job(job_id), k.queued(queue), k.sequence(), k.upload(job_id),
+                k.idempotency(owner, idempotency_key or ""), k.metrics(), k.variants(model), queue]  # fmt: skip
+        args = [job_id, self.job_ttl_s, priority_band, max_depth, idem_ttl, fingerprint, k.queue_events(queue), model,
+                spec.variant or "", message, *flat]  # fmt: skip
+        pipe = self.r.pipeline(transaction=True)  # MULTI: the upload and the job exist together or not at all
+        pipe.set(k.upload(job_id), upload, ex=self.upload_ttl_s)
+        pipe.eval(_CREATE, len(keys), *keys, *args)  # by its body, as _queue_finish does: no SCRIPT EXISTS first
+        kind, value = pipe.execute()[1]
         kind = kind.decode()
         if kind == "full":
             return Created(job_id="", full=True, position=int(value))
@@ -368,17 +371,33 @@ class JobStore:
         method: str = "",
         drop_spare: bool = False,
         backlog_only: bool = False,
-    ) -> tuple[bool, list[str]]:
+        load: bool = False,
+        hint: str | None = None,
+    ) -> Taken:
         """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE.
-        ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``."""
+        ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``.
+        ``load``: bring back their records and uploads too (what ``load_for_run`` reads). The
+        upload of ``hint``, the job the token's message was sent for (the one claimed at low
+        load), is read in the same round trip; any other claimed job's upload in one more."""
         k = self.keys
-        out = self._take(
-            keys=[k.queued(queue), k.claims(token), queue or k.claims(token)],
-            args=[k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
-                  k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
-                  "1" if backlog_only else "0"],
-        )  # fmt: skip
-        return out[0] == b"reclaimed", [x.decode() for x in out[1:]]
+        keys = [k.queued(queue), k.claims(token), queue or k.claims(token)]
+        args = [k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
+                k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
+                "1" if backlog_only else "0", "1" if load else "0"]  # fmt: skip
+        pipe = self.r.pipeline(transaction=False)
+        pipe.eval(_TAKE, len(keys), *keys, *args)  # by its body: no SCRIPT EXISTS round trip first
+        if load and hint:
+            pipe.get(k.upload(hint))  # speculative: dropped if another job was claimed
+        replies = pipe.execute()
+        kind, ids, records = replies[0]
+        job_ids = [x.decode() for x in ids]
+        runs = {}
+        if load:
+            uploads = {hint: replies[1]} if hint in job_ids else {}
+            if missing := [j for j in job_ids if j not in uploads]:
+                uploads.update(zip(missing, self.r.mget([k.upload(j) for j in missing]), strict=True))
+            runs = {j: self._loaded(h, uploads[j]) for j, h in zip(job_ids, records, strict=True)}
+        return Taken(kind == b"reclaimed", job_ids, runs)
 
     def claim(
         self,
@@ -395,14 +414,14 @@ class JobStore:
         return self.take(
             queue, token, worker, max_jobs, window, mode="claim", method=method, drop_spare=drop_spare,
             backlog_only=backlog_only,
-        )[1]  # fmt: skip
+        ).job_ids  # fmt: skip
 
     def method_of(self, job_id: str) -> str:
         return (self.r.hget(self.keys.job(job_id), "method") or b"").decode()
 
     def reclaim(self, token: str, worker: str) -> list[str]:
         """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""
-        return self.take("", token, worker, mode="reclaim")[1]
+        return self.take("", token, worker, mode="reclaim").job_ids
 
     def load_for_run(self, job_ids: list[str]) -> list[tuple[JobRecord | None, bytes | None]]:
         """Records and uploads of the jobs a worker is about to run, in one round trip."""
@@ -411,7 +430,14 @@ class JobStore:
             pipe.hgetall(self.keys.job(j))
             pipe.get(self.keys.upload(j))
         got = pipe.execute()
-        return [(JobRecord.from_hash(h) if h else None, up) for h, up in zip(got[0::2], got[1::2], strict=True)]
+        return [self._loaded(h, up) for h, up in zip(got[0::2], got[1::2], strict=True)]
+
+    @staticmethod
+    def _loaded(h: dict | list, upload: bytes | None) -> tuple[JobRecord | None, bytes | None]:
+        """A record as HGETALL gave it (a dict from redis-py, a flat list from a Lua script) and its upload."""
+        if isinstance(h, list):
+            h = dict(zip(h[0::2], h[1::2], strict=True))
+        return (JobRecord.from_hash(h) if h else None, upload)
 
     def complete(self, done: list[Completed], artifacts: ArtifactStore, token: str | None = None) -> list[bool]:
         """Store the artifacts and results of succeeded jobs, their timings and (with ``token``)

@@ -22,7 +22,7 @@ from shared import webhooks
 from shared.artifacts import ArtifactStore
 from shared.celery_app import app as celery_app
 from shared.imaging import ImageRejected
-from shared.jobs import Completed, JobRecord, JobStore
+from shared.jobs import Completed, JobRecord, JobStore, Taken
 from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
@@ -63,34 +63,39 @@ class JobRunner:
         self.fault_injection = fault_injection
         self.drain_s = max(0.0, drain_s)
 
-    def run_token(self, token: str, queue: str) -> dict[str, str]:
-        """Run what the Celery task ``token`` is owed; returns job ID -> final status.
+    def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
+        """Run what the Celery task ``token`` is owed; returns job ID -> final status. ``hint``: the
+        job whose submission sent the token, most likely the one it claims (its upload is read
+        with the claim).
 
         Then, for up to ``drain_s``, the next queued jobs of the same queue, taking their spare
         messages off the broker queue (see ``shared/jobs.py``): a busy worker runs them back to
         back instead of paying a Celery hand-off per job."""
         started = time.monotonic()
-        reclaimed, job_ids = self.jobs.take(queue, token, self.worker, self.max_batch_size, drop_spare=True)
-        if reclaimed:  # one at a time: a job that kills its worker takes down only itself
-            log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(job_ids))
-            return self._round(token, [[job_id] for job_id in job_ids])
+        taken = self.jobs.take(queue, token, self.worker, self.max_batch_size, drop_spare=True, load=True, hint=hint)
+        if taken.reclaimed:  # one at a time: a job that kills its worker takes down only itself
+            log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(taken.job_ids))
+            return self._round(token, [[job_id] for job_id in taken.job_ids], taken.loaded)
         outcome: dict[str, str] = {}
-        while job_ids:
-            outcome.update(self._round(token, [self._fill_batch(queue, token, job_ids)]))
+        while taken.job_ids:
+            batch = self._fill_batch(queue, token, taken)
+            outcome.update(self._round(token, [batch.job_ids], batch.loaded))
             if time.monotonic() - started >= self.drain_s:
                 break
             # Only jobs whose messages no worker has taken yet: an idle worker gets its own.
-            job_ids = self.jobs.claim(
-                queue, token, self.worker, self.max_batch_size, drop_spare=True, backlog_only=True
-            )
+            taken = self.jobs.take(
+                queue, token, self.worker, self.max_batch_size, mode="claim", drop_spare=True, backlog_only=True,
+                load=True,
+            )  # fmt: skip
         return outcome
 
-    def _round(self, token: str, batches: list[list[str]]) -> dict[str, str]:
-        """Run the claimed ``batches`` and record the results, ending the token's claims on them."""
+    def _round(self, token: str, batches: list[list[str]], loaded: dict | None = None) -> dict[str, str]:
+        """Run the claimed ``batches`` and record the results, ending the token's claims on them.
+        ``loaded``: records and uploads the claim already brought back (see ``JobStore.take``)."""
         outcome: dict[str, str] = {}
         done: list[tuple[JobRecord, Completed]] = []
         for job_ids in batches:
-            outcome.update(self.run_batch(job_ids, done))
+            outcome.update(self.run_batch(job_ids, done, loaded))
         recorded = self.jobs.complete([c for _, c in done], self.artifacts, token=token)
         for (rec, _), ok in zip(done, recorded, strict=True):
             if ok:
@@ -101,29 +106,37 @@ class JobRunner:
                 outcome[rec.id] = "duplicate"
         return outcome
 
-    def _fill_batch(self, queue: str, token: str, job_ids: list[str]) -> list[str]:
+    def _fill_batch(self, queue: str, token: str, taken: Taken) -> Taken:
         """Adaptive batching at low load: wait up to ``max_wait_ms`` (from the first claim) for more
         jobs of the same method to share the pass. Under load the batch is already full."""
-        if self.max_wait_s <= 0 or len(job_ids) >= self.max_batch_size:
-            return job_ids
+        if self.max_wait_s <= 0 or len(taken.job_ids) >= self.max_batch_size:
+            return taken
+        job_ids, loaded = list(taken.job_ids), dict(taken.loaded)
         deadline = time.monotonic() + self.max_wait_s
         method = self.jobs.method_of(job_ids[0])
         while len(job_ids) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(0.002, left))
-            more = self.jobs.claim(
-                queue, token, self.worker, self.max_batch_size - len(job_ids), method=method, drop_spare=True
-            )
-            job_ids = job_ids + more
-        return job_ids
+            more = self.jobs.take(
+                queue, token, self.worker, self.max_batch_size - len(job_ids), mode="claim", method=method,
+                drop_spare=True, load=True,
+            )  # fmt: skip
+            job_ids += more.job_ids
+            loaded.update(more.loaded)
+        return Taken(False, job_ids, loaded)
 
-    def run_batch(self, job_ids: list[str], done: list) -> dict[str, str]:
-        """Run jobs (one batch per model, version and method); succeeded ones are appended to ``done``."""
+    def run_batch(self, job_ids: list[str], done: list, loaded: dict | None = None) -> dict[str, str]:
+        """Run jobs (one batch per model, version and method); succeeded ones are appended to ``done``.
+        Records and uploads not in ``loaded`` are read here."""
         with job_context(*job_ids):
             log.info("running %d job(s)", len(job_ids))
             started = time.time()
             outcome: dict[str, str] = {}
             runnable: list[tuple[JobRecord, bytes]] = []
-            for job_id, (rec, data) in zip(job_ids, self.jobs.load_for_run(job_ids), strict=True):
+            loaded = dict(loaded or {})
+            if missing := [j for j in job_ids if j not in loaded]:
+                loaded.update(zip(missing, self.jobs.load_for_run(missing), strict=True))
+            for job_id in job_ids:
+                rec, data = loaded[job_id]
                 if rec is None:
                     log.warning("job %s has no record (expired); dropping it", job_id)
                     outcome[job_id] = "missing"

@@ -39,5 +39,5 @@ class SegmentTask(Task):
 
 @app.task(name=TASK_SEGMENT, bind=True, base=SegmentTask, ignore_result=True)  # the job record holds the result
 def segment(self, model: str, job_id: str | None = None) -> dict:
-    outcome = runtime.runner().run_token(self.request.id, runtime.queue_for(model))
+    outcome = runtime.runner().run_token(self.request.id, runtime.queue_for(model), hint=job_id)
     return {"jobs": outcome}

@@ -114,6 +114,37 @@ def test_an_interrupted_token_takes_back_its_unfinished_jobs(store):
     assert store.claimed("t") == []
 
 
+def test_a_take_can_bring_back_records_and_uploads_in_the_same_call(store, rclient, prefix):
+    """What the worker then needs to run the jobs: the same as load_for_run reads, with no second round trip."""
+    a, b, c = "a" * 32, "b" * 32, "c" * 32
+    for j in (a, b, c):
+        store.create(j, SPEC, "q", f"img-{j[0]}".encode())
+    rclient.delete(Keys(prefix).upload(b))  # expired between submission and run
+    taken = store.take("q", "t", "w1", max_jobs=2, load=True)
+    assert not taken.reclaimed and taken.job_ids == [a, b]
+    assert taken.loaded == dict(zip([a, b], store.load_for_run([a, b]), strict=True))
+    rec, data = taken.loaded[a]
+    assert rec.status is JobStatus.running and rec.worker == "w1" and rec.deliveries == 1 and data == b"img-a"
+    assert taken.loaded[b][0].id == b and taken.loaded[b][1] is None
+    assert store.take("q", "t2", "w1", load=False).loaded == {}
+    again = store.take("q", "t", "w2", load=True)  # the token came back after a crash: b is taken back, reloaded
+    assert again.reclaimed and again.job_ids == [a, b] and again.loaded[a][0].deliveries == 2
+    assert store.take("q", "t3", "w1", load=True).job_ids == []
+
+
+def test_the_hinted_upload_comes_with_the_claim_and_others_are_read_after(store, monkeypatch):
+    a, b = "a" * 32, "b" * 32
+    for j in (a, b):
+        store.create(j, SPEC, "q", f"img-{j[0]}".encode())
+    reads = []
+    mget = store.r.mget
+    monkeypatch.setattr(store.r, "mget", lambda keys: reads.append(keys) or mget(keys))
+    taken = store.take("q", "t1", "w", load=True, hint=a)  # the message's own job is the head: one round trip
+    assert taken.job_ids == [a] and taken.loaded[a][1] == b"img-a" and reads == []
+    taken = store.take("q", "t2", "w", load=True, hint="c" * 32)  # a stale hint costs one more read, nothing else
+    assert taken.job_ids == [b] and taken.loaded[b][1] == b"img-b" and len(reads) == 1
+
+
 def test_unknown_job_is_none_and_expired_entries_leave_the_order(store, rclient, prefix):
     assert store.get("c" * 32) is None
     store.create("d" * 32, SPEC, "q", b"img")

@@ -82,6 +82,18 @@ def test_a_batch_runs_as_one_pass_and_equals_single_runs(parts):
         assert np.abs(h1 - h2).max() <= 1  # 8-bit heatmap: at most one rounding step apart
 
 
+def test_the_runner_reads_records_and_uploads_with_its_claim(parts, monkeypatch):
+    """One round trip from message to compute: the claim brings the jobs' data back, nothing is read after it."""
+    jobs, _arts, runner, submit = parts
+    for i, s in enumerate(held_out(3)):
+        submit(f"{i:032x}", s.image)
+    reads = []
+    real = jobs.load_for_run
+    monkeypatch.setattr(jobs, "load_for_run", lambda ids: reads.append(ids) or real(ids))
+    out = runner(batch=2, drain_s=60).run_token("tok", QUEUE)
+    assert out == {f"{i:032x}": "succeeded" for i in range(3)} and reads == []
+
+
 def test_one_bad_job_in_a_batch_fails_alone(parts, rclient, prefix):
     jobs, _arts, runner, submit = parts
     scenes = held_out(3)

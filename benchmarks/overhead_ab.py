@@ -3,6 +3,7 @@
     python -m benchmarks.overhead_ab ab47116 HEAD          # demo model, 3 alternating rounds
     python -m benchmarks.overhead_ab ab47116 HEAD --model realistic --rounds 2
     python -m benchmarks.overhead_ab 72fdd98 HEAD --post-wait   # both have POST ?wait
+    python -m benchmarks.overhead_ab 16a1d61 HEAD --raw         # POST ?wait from a raw-socket client
     python -m benchmarks.overhead_ab 72fdd98 HEAD --gateway     # accepted submissions/s instead
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--post-wait", action="store_true", help="wait with POST ?wait (commits from aa843fb on)")
+    ap.add_argument("--raw", action="store_true", help="POST ?wait from a raw-socket client instead of httpx")
     ap.add_argument("--gateway", action="store_true", help="the gateway alone: accepted submissions/s, API CPU")
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 procs, url = bench.segcam(models=model)
                 try:
-                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=not args.post_wait)
+                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds,
+                                          poll=not (args.post_wait or args.raw), raw=args.raw)  # fmt: skip
                 finally:
                     bench.cleanup(procs)
                 rows[rev].append(res)

@@ -149,29 +149,43 @@ def explanation_key(e: dict) -> tuple:
 
 
 def closed_loop(
-    url: str, imgs: list[bytes], model: str, clients: int, seconds: float, ref: list | None = None, poll: bool = False
+    url: str,
+    imgs: list[bytes],
+    model: str,
+    clients: int,
+    seconds: float,
+    ref: list | None = None,
+    poll: bool = False,
+    raw: bool = False,
 ) -> dict:
     """``clients`` users, each submitting and waiting for the result, then again. They wait the
     fastest way the API offers, in the submission itself (``POST ?wait``); with ``poll``,
-    by a separate long-poll (``GET ?wait``) after the 202."""
+    by a separate long-poll (``GET ?wait``) after the 202. With ``raw``, each user sends
+    prebuilt ``POST ?wait`` requests over a plain socket (``loadgen.RawClient``) instead of
+    httpx, so the overhead measured is the service's rather than the client library's."""
     lat, compute, queue_wait, errors, batch_sizes, wrong = [], [], [], [], [], []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
+    prebuilt = [loadgen.multipart_request(f"{url}/v1/jobs?wait=30", im, {"model": model}) for im in imgs]
 
     def user(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as c:
+        with httpx.Client(base_url=url, timeout=120) as c, loadgen.RawClient(url) as rc:
             k = i
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 idx = k % len(imgs)
-                r = c.post("/v1/jobs", files={"image": ("a.png", imgs[idx])}, data={"model": model},
-                           params=None if poll else {"wait": 30})  # fmt: skip
+                if raw:
+                    status, body = rc.send(prebuilt[idx])
+                else:
+                    r = c.post("/v1/jobs", files={"image": ("a.png", imgs[idx])}, data={"model": model},
+                               params=None if poll else {"wait": 30})  # fmt: skip
+                    status, body = r.status_code, r.content
                 k += clients
-                if r.status_code not in (200, 202):
+                if status not in (200, 202):
                     with lock:
-                        errors.append(r.status_code)
+                        errors.append(status)
                     continue
-                job = r.json()
+                job = json.loads(body)
                 while job["status"] in ("queued", "running"):
                     job = c.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
                 t1 = time.perf_counter()
@@ -435,6 +449,7 @@ class Bench:
             limits = [lim["images_per_s"]]
             for label, workers, batch, clients in (
                 ("segcam_low_load", 1, 1, 1),
+                ("segcam_low_load_raw", 1, 1, 1),
                 ("segcam_low_load_poll", 1, 1, 1),
                 ("segcam_saturated", 1, 1, 4),
                 ("segcam_saturated_batch8", 1, 8, 12),
@@ -447,9 +462,9 @@ class Bench:
                     self.log(f"segcam: {key} {name}")
                     procs, url = self.segcam(workers=workers, models=model, SEGCAM_MAX_BATCH_SIZE=batch)
                     try:
-                        poll = label.endswith("_poll")
-                        runs[name] = {**closed_loop(url, self.imgs[key], model, clients, d, ref, poll=poll),
-                                      "workers": workers, "max_batch": batch, "poll": poll}  # fmt: skip
+                        poll, raw = label.endswith("_poll"), label.endswith("_raw")
+                        res = closed_loop(url, self.imgs[key], model, clients, d, ref, poll=poll, raw=raw)
+                        runs[name] = {**res, "workers": workers, "max_batch": batch, "poll": poll, "raw_client": raw}
                     finally:
                         self.cleanup(procs)
                     if label == "segcam_saturated":

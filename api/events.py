@@ -76,7 +76,8 @@ class EventHub:
             self.ready = asyncio.Event()
             self.task = asyncio.create_task(self._read())
         try:
-            await asyncio.wait_for(self.ready.wait(), 10)  # subscribed before the caller reads the record
+            if not self.ready.is_set():  # wait_for would cost a task and a loop turn even when set
+                await asyncio.wait_for(self.ready.wait(), 10)  # subscribed before the caller reads the record
         except TimeoutError:
             await self.unfollow(f)
             raise redis.ConnectionError("the event stream could not subscribe") from None

@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 APT_PKGS := redis-server chromium chromium-driver
 
-.PHONY: deps install demo test up lint format train-demo bench profile clean
+.PHONY: deps install demo test up lint format train-demo bench profile trace clean
 
 deps:  ## system packages the stack and the tests need (Debian/Ubuntu; skipped when present)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -43,6 +43,9 @@ bench:  ## the benchmark: limit vs segcam vs direct FastAPI, overload, gateway, 
 
 profile:  ## where one job's time goes (pyinstrument + hop-by-hop timeline)
 	$(BIN)/python -m benchmarks.profile_job
+
+trace:  ## finer hops from timestamps inside the API and worker processes (Celery delivery split)
+	$(BIN)/python -m benchmarks.hop_trace
 
 train-demo:  ## retrain the demo model (about 10 minutes on 2 cores)
 	$(BIN)/python -m training.train_demo --out models/store/shapes/1

@@ -1,0 +1,108 @@
+"""One job's path through the stack, hop by hop, from timestamps taken inside each process.
+
+    python -m benchmarks.hop_trace [--jobs 100] [--httpx] [--gap-ms 50]
+
+Starts the API and a worker with ``benchmarks/tracing`` on their PYTHONPATH (its
+sitecustomize wraps the functions at each hop's edges), sends sequential demo-model jobs
+with ``POST ?wait`` from a raw-socket client (``--httpx``: from httpx), and prints the p50
+and p90 of each hop. Finer than ``make profile``'s table (which reads the job record's
+timestamps): it splits the worker's delivery into the Celery parent's receipt, its unacked
+write and the pool child's start. Redis DB 12, key prefix ``hoptrace``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.loadgen import RawClient, multipart_request
+from stack.local import LocalStack
+
+HERE = Path(__file__).parent
+# (from, to, what happens in between); each label's first mark of a job, "event<" its last.
+HOPS = [
+    ("sent", "recv>", "client -> API: first bytes read by uvicorn"),
+    ("recv>", "form>", "API: HTTP parse, middleware, routing, dependencies"),
+    ("form>", "create>", "API: multipart, validation, message built"),
+    ("create>", "create<", "API: create (upload SET + script, one MULTI round trip)"),
+    ("create<", "brpop<", "worker parent: BRPOP wake, message to Celery request, unacked write"),
+    ("unacked>", "unacked<", "  of which: kombu's unacked write (a round trip)"),
+    ("brpop<", "take>", "worker: hand-off to the pool child, task start"),
+    ("take>", "take<", "worker child: claim + records + upload (one round trip when the hint hits)"),
+    ("take<", "pipeline>", "worker child: to the pipeline"),
+    ("pipeline<", "complete>", "worker child: result record built"),
+    ("complete>", "complete<", "worker child: artifacts + finish script (one round trip)"),
+    ("complete<", "event<", "Redis pub/sub -> API event hub"),
+    ("event<", "send>", "API: record from the event, view, JSON"),
+    ("send>", "answered", "API -> client: response read"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.hop_trace", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=100)
+    ap.add_argument("--httpx", action="store_true", help="send with httpx instead of the raw-socket client")
+    ap.add_argument("--gap-ms", type=float, default=50.0, help="pause between jobs (idle processes go cold)")
+    args = ap.parse_args(argv)
+    from training.shapes import make_scene
+
+    buf = io.BytesIO()
+    make_scene(1, size=256).image.resize((256, 192)).save(buf, "PNG")
+    img = buf.getvalue()
+    trace = Path(tempfile.mkdtemp(prefix="segcam-trace-")) / "trace.log"
+    env = {"SEGCAM_REDIS_URL": "redis://127.0.0.1:6379/12", "SEGCAM_KEY_PREFIX": "hoptrace", "SEGCAM_DEVICE": "cpu",
+           "SEGCAM_TORCH_THREADS": "1", "SEGCAM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(HERE / "tracing"),
+           "SEGCAM_TRACE_FILE": str(trace)}  # fmt: skip
+    jobs: list[dict[str, float]] = []
+    with (
+        LocalStack(env=env, workers=1, log_dir=trace.parent) as s,
+        httpx.Client(base_url=s.url) as c,
+        RawClient(s.url) as rc,
+    ):
+        request = multipart_request(f"{s.url}/v1/jobs?wait=30", img)
+        for _ in range(args.jobs):
+            with open(trace, "a") as f:
+                f.write("job\n")
+            t0 = time.time()
+            if args.httpx:
+                j = c.post("/v1/jobs", files={"image": ("a.png", img)}, params={"wait": 30}).json()
+            else:
+                j = json.loads(rc.send(request)[1])
+            t1 = time.time()
+            jobs.append({"sent": t0, "answered": t1, "compute": j["result"]["timings_ms"]["total_ms"] / 1000})
+            time.sleep(args.gap_ms / 1000)
+    marks: list[dict[str, float]] = []
+    for line in trace.read_text().splitlines():
+        if line == "job":
+            marks.append({})
+        elif marks:
+            t, _pid, label = line.split()
+            if label not in marks[-1] or label == "event<":
+                marks[-1][label] = float(t)
+    rows = [{**m, **j} for m, j in zip(marks, jobs, strict=True)][10:]  # the first ten warm up
+    client = "httpx" if args.httpx else "raw-socket"
+    print(f"| hop (demo model, {client} client, {args.gap_ms:.0f} ms between jobs) | p50 ms | p90 ms |")
+    print("|---|---|---|")
+    for a, b, what in HOPS:
+        d = sorted((r[b] - r[a]) * 1000 for r in rows if a in r and b in r)
+        if d:
+            print(f"| {what} | {statistics.median(d):.2f} | {d[int(0.9 * len(d))]:.2f} |")
+    totals = {"compute (decode .. encode, timings_ms.total_ms)": lambda r: r["compute"],
+              "overhead (end to end - compute)": lambda r: r["answered"] - r["sent"] - r["compute"]}  # fmt: skip
+    for name, f in totals.items():
+        d = sorted(f(r) * 1000 for r in rows)
+        print(f"| {name} | {statistics.median(d):.2f} | {d[int(0.9 * len(d))]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

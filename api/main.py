@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.events = EventHub(settings)
+        gc.collect()
+        gc.freeze()  # start-up objects live as long as the process: full collections skip them
         yield
         await app.state.events.close()
 

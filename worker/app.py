@@ -6,9 +6,9 @@ Start it with ``python -m worker`` (which checks the device first), not ``celery
 from __future__ import annotations
 
 from shared.celery_app import app
-from worker import broker, signals, tasks  # noqa: F401  (registers the task and the handlers)
+from worker import signals, tasks  # noqa: F401  (registers the task and the handlers)
 
 app.conf.worker_consumer = "worker.consumer:Consumer"
-broker.install()
+app.conf.broker_transport = "worker.broker:Transport"
 
 __all__ = ["app"]

@@ -5,12 +5,12 @@ the unacked record written before each job reaches the pool child, every ack, ev
 publish. redis-py 8's constructor costs about 0.15 ms on this machine's cold path from
 message to task (measured in docs/performance.md). A client holds no connection of its own
 (its pool does), so one per pool serves them all; a channel that rebuilds its pool after a
-connection error gets a new client with it.
+connection error gets a new client with it. The worker's app names it in
+``broker_transport`` (an explicit transport wins over the URL's scheme in kombu).
 """
 
 from __future__ import annotations
 
-from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 
@@ -28,8 +28,3 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-
-
-def install() -> None:
-    """``redis://`` broker URLs use this transport in this process (the worker's only)."""
-    TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"

@@ -8,8 +8,7 @@ from worker import broker
 
 
 def test_the_worker_channel_keeps_one_sync_client_per_pool(redis_url):
-    broker.install()
-    with Connection(redis_url) as conn:
+    with Connection(redis_url, transport="worker.broker:Transport") as conn:
         channel = conn.default_channel
         assert isinstance(channel, broker.Channel)
         first = channel._create_client()
@@ -21,8 +20,12 @@ def test_the_worker_channel_keeps_one_sync_client_per_pool(redis_url):
         assert again is not first and again.connection_pool is channel.pool and again.ping()
 
 
-def test_the_worker_app_installs_it():
+def test_the_worker_app_uses_it_whatever_was_resolved_before():
+    from kombu.transport import get_transport_cls
+
+    assert get_transport_cls("redis") is not broker.Transport  # kombu's own, cached for redis:// URLs
     from worker.app import app
 
-    with app.connection_for_read() as conn:  # not connected: only which transport it would use
-        assert isinstance(conn.transport, broker.Transport) and conn.transport.Channel is broker.Channel
+    for conn in (app.connection_for_read(), app.connection_for_write()):  # not connected: which transport only
+        with conn:
+            assert type(conn.transport) is broker.Transport and conn.transport.Channel is broker.Channel

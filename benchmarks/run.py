@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,7 +170,8 @@ def closed_loop(
     prebuilt = [loadgen.multipart_request(f"{url}/v1/jobs?wait=30", im, {"model": model}) for im in imgs]
 
     def user(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as c, loadgen.RawClient(url) as rc:
+        raw_client = loadgen.RawClient(url) if raw else nullcontext()  # a connection only when it is used
+        with httpx.Client(base_url=url, timeout=120) as c, raw_client as rc:
             k = i
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()

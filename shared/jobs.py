@@ -416,9 +416,6 @@ class JobStore:
             backlog_only=backlog_only,
         ).job_ids  # fmt: skip
 
-    def method_of(self, job_id: str) -> str:
-        return (self.r.hget(self.keys.job(job_id), "method") or b"").decode()
-
     def reclaim(self, token: str, worker: str) -> list[str]:
         """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""
         return self.take("", token, worker, mode="reclaim").job_ids

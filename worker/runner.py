@@ -113,7 +113,8 @@ class JobRunner:
             return taken
         job_ids, loaded = list(taken.job_ids), dict(taken.loaded)
         deadline = time.monotonic() + self.max_wait_s
-        method = self.jobs.method_of(job_ids[0])
+        head = loaded[job_ids[0]][0]  # the claim brought the record: no read for its method
+        method = head.spec.method.value if head is not None else ""
         while len(job_ids) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(0.002, left))
             more = self.jobs.take(

@@ -77,7 +77,8 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
     )
     # Everything loaded so far (torch, the models, Celery) lives as long as the process. Left
     # to the collector, it makes each full collection walk ~500k objects: about 200 ms, paid
-    # by whichever job is running when one triggers (a p99 outlier). Frozen, they are skipped.
+    # by whichever job is running when one triggers (rare in steady state, but a stall when it
+    # comes). Frozen, they are skipped.
     gc.collect()
     gc.freeze()
     return _runner

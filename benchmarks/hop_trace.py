@@ -1,19 +1,20 @@
 """One job's path through the stack, hop by hop, from timestamps taken inside each process.
 
-    python -m benchmarks.hop_trace [--jobs 100] [--httpx] [--gap-ms 50]
+    python -m benchmarks.hop_trace [--jobs 100] [--httpx] [--gap-ms 50] [--model realistic]
 
 Starts the API and a worker with ``benchmarks/tracing`` on their PYTHONPATH (its
-sitecustomize wraps the functions at each hop's edges), sends sequential demo-model jobs
-with ``POST ?wait`` from a raw-socket client (``--httpx``: from httpx), and prints the p50
-and p90 of each hop. Finer than ``make profile``'s table (which reads the job record's
-timestamps): it splits the worker's delivery into the Celery parent's receipt, its unacked
-write and the pool child's start. Redis DB 12, key prefix ``hoptrace``.
+sitecustomize wraps the functions at each hop's edges), sends sequential jobs (the demo
+model, or ``make bench``'s realistic one with its images) with ``POST ?wait`` from a
+raw-socket client (``--httpx``: from httpx), and prints the p50 and p90 of each hop. Finer
+than ``make profile``'s table (which reads the job record's timestamps): it splits the
+worker's delivery into the Celery parent's receipt, its unacked write and the pool child's
+start, or shows the lingering task hearing of the job (``worker/linger.py``). Redis DB 12,
+key prefix ``hoptrace``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -38,6 +39,8 @@ HOPS = [
     ("brpop<", "take>", "worker: hand-off to the pool child, task start"),
     ("take>", "take<", "worker child: claim + records + upload (one round trip when the hint hits)"),
     ("take<", "pipeline>", "worker child: to the pipeline"),
+    ("create<", "heard", "lingering worker child hears the submission (instead of the three hops above)"),
+    ("heard", "pipeline>", "worker child: claim + records + upload, to the pipeline"),
     ("pipeline<", "complete>", "worker child: result record built"),
     ("complete>", "complete<", "worker child: artifacts + finish script (one round trip)"),
     ("complete<", "event<", "Redis pub/sub -> API event hub"),
@@ -52,29 +55,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--httpx", action="store_true", help="send with httpx instead of the raw-socket client")
     ap.add_argument("--gap-ms", type=float, default=50.0, help="pause between jobs (idle processes go cold)")
+    ap.add_argument("--model", choices=["demo", "realistic"], default="demo",
+                    help="realistic: deeplabv3_mobilenet_v3_large at 384 px, as in make bench")  # fmt: skip
     args = ap.parse_args(argv)
-    from training.shapes import make_scene
+    from benchmarks.run import MODELS, build_store, images
 
-    buf = io.BytesIO()
-    make_scene(1, size=256).image.resize((256, 192)).save(buf, "PNG")
-    img = buf.getvalue()
     trace = Path(tempfile.mkdtemp(prefix="segcam-trace-")) / "trace.log"
-    env = {"SEGCAM_REDIS_URL": "redis://127.0.0.1:6379/12", "SEGCAM_KEY_PREFIX": "hoptrace", "SEGCAM_DEVICE": "cpu",
-           "SEGCAM_TORCH_THREADS": "1", "SEGCAM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(HERE / "tracing"),
-           "SEGCAM_TRACE_FILE": str(trace)}  # fmt: skip
+    name, size = MODELS[args.model]
+    img = images(size, 1)[0]
+    extra = {}
+    if args.model == "realistic":
+        extra = {"SEGCAM_MODEL_DIR": str(build_store(trace.parent / "store"))}
+    env = {**extra, "SEGCAM_REDIS_URL": "redis://127.0.0.1:6379/12", "SEGCAM_KEY_PREFIX": "hoptrace",
+           "SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": "1", "SEGCAM_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": str(HERE / "tracing"), "SEGCAM_TRACE_FILE": str(trace)}  # fmt: skip
     jobs: list[dict[str, float]] = []
     with (
         LocalStack(env=env, workers=1, log_dir=trace.parent) as s,
         httpx.Client(base_url=s.url) as c,
         RawClient(s.url) as rc,
     ):
-        request = multipart_request(f"{s.url}/v1/jobs?wait=30", img)
+        request = multipart_request(f"{s.url}/v1/jobs?wait=30", img, {"model": name})
         for _ in range(args.jobs):
             with open(trace, "a") as f:
                 f.write("job\n")
             t0 = time.time()
             if args.httpx:
-                j = c.post("/v1/jobs", files={"image": ("a.png", img)}, params={"wait": 30}).json()
+                form = {"model": name}
+                j = c.post("/v1/jobs", files={"image": ("a.png", img)}, data=form, params={"wait": 30}).json()
             else:
                 j = json.loads(rc.send(request)[1])
             t1 = time.time()
@@ -88,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             t, _pid, label = line.split()
             if label not in marks[-1] or label == "event<":
                 marks[-1][label] = float(t)
+    for m in marks:  # a job a lingering task claimed: its take marks may be the last job's trailing look
+        if "heard" in m:
+            for label in ("brpop<", "unacked>", "unacked<", "take>", "take<"):
+                m.pop(label, None)
     rows = [{**m, **j} for m, j in zip(marks, jobs, strict=True)][10:]  # the first ten warm up
     client = "httpx" if args.httpx else "raw-socket"
-    print(f"| hop (demo model, {client} client, {args.gap_ms:.0f} ms between jobs) | p50 ms | p90 ms |")
+    heard = sum("heard" in r for r in rows)
+    print(f"{len(rows)} jobs: {heard} claimed by a lingering task, {len(rows) - heard} delivered by Celery\n")
+    print(f"| hop ({args.model} model, {client} client, {args.gap_ms:.0f} ms between jobs) | p50 ms | p90 ms |")
     print("|---|---|---|")
     for a, b, what in HOPS:
         d = sorted((r[b] - r[a]) * 1000 for r in rows if a in r and b in r)

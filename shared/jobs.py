@@ -65,7 +65,9 @@ end
 redis.call('HINCRBY', KEYS[6], 'jobs|submitted|' .. ARGV[8], 1)
 if ARGV[9] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[9], 1) end
 if ARGV[10] ~= '' then redis.call('LPUSH', KEYS[8], ARGV[10]) end  -- as kombu's Redis transport does
-redis.call('PUBLISH', ARGV[7], 'moved')  -- a high-priority job moves the ones behind it
+-- Positions may have moved (a high-priority job goes ahead), and a lingering worker
+-- (worker/linger.py) hears of the new job here.
+redis.call('PUBLISH', ARGV[7], 'queued ' .. ARGV[1])
 return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
 

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # After its job(s), a task keeps running its model's queued jobs for up to this long, taking
     # their then-spare Celery messages off the queue: no hand-off per job when busy. 0: one round.
     drain_s: float = 2.0
+    # Then, while within drain_s, an idle task listens this long for the next job of its queue
+    # and claims it itself: no Celery hand-off at low load (worker/linger.py). 0: off.
+    linger_ms: float = 250.0
     torch_threads: int = 0  # 0: leave torch's default
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150

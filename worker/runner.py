@@ -27,6 +27,7 @@ from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
 from worker import faults
+from worker.linger import QueueWatch
 from worker.loader import ModelCache, ModelLoadError
 from worker.pipeline import Item, ItemResult, Pipeline
 
@@ -50,6 +51,8 @@ class JobRunner:
         fault_injection: bool = False,
         max_wait_ms: float = 0.0,
         drain_s: float = 0.0,
+        linger_ms: float = 0.0,
+        watch: QueueWatch | None = None,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
@@ -62,6 +65,8 @@ class JobRunner:
         self.max_wait_s = max(0.0, max_wait_ms) / 1000
         self.fault_injection = fault_injection
         self.drain_s = max(0.0, drain_s)
+        self.linger_s = max(0.0, linger_ms) / 1000 if watch is not None else 0.0
+        self.watch = watch
 
     def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
         """Run what the Celery task ``token`` is owed; returns job ID -> final status. ``hint``: the
@@ -70,24 +75,45 @@ class JobRunner:
 
         Then, for up to ``drain_s``, the next queued jobs of the same queue, taking their spare
         messages off the broker queue (see ``shared/jobs.py``): a busy worker runs them back to
-        back instead of paying a Celery hand-off per job."""
+        back instead of paying a Celery hand-off per job. When the queue runs dry within that
+        time, the task lingers up to ``linger_ms`` for the next submission (``worker/linger.py``)."""
         started = time.monotonic()
         taken = self.jobs.take(queue, token, self.worker, self.max_batch_size, drop_spare=True, load=True, hint=hint)
         if taken.reclaimed:  # one at a time: a job that kills its worker takes down only itself
             log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(taken.job_ids))
             return self._round(token, [[job_id] for job_id in taken.job_ids], taken.loaded)
         outcome: dict[str, str] = {}
-        while taken.job_ids:
-            batch = self._fill_batch(queue, token, taken)
-            outcome.update(self._round(token, [batch.job_ids], batch.loaded))
-            if time.monotonic() - started >= self.drain_s:
-                break
-            # Only jobs whose messages no worker has taken yet: an idle worker gets its own.
-            taken = self.jobs.take(
-                queue, token, self.worker, self.max_batch_size, mode="claim", drop_spare=True, backlog_only=True,
-                load=True,
-            )  # fmt: skip
-        return outcome
+        try:
+            while True:
+                while taken.job_ids:
+                    batch = self._fill_batch(queue, token, taken)
+                    outcome.update(self._round(token, [batch.job_ids], batch.loaded))
+                    if time.monotonic() - started >= self.drain_s:
+                        return outcome
+                    taken = self._backlog(queue, token)
+                if (heard := self._linger(queue, started)) is None:
+                    return outcome
+                taken = self._backlog(queue, token, hint=heard or None)
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
+
+    def _backlog(self, queue: str, token: str, hint: str | None = None) -> Taken:
+        """Queued jobs whose messages no worker has taken yet (an idle worker gets its own),
+        claimed for ``token`` with their messages taken off the broker list."""
+        return self.jobs.take(
+            queue, token, self.worker, self.max_batch_size, mode="claim", drop_spare=True, backlog_only=True,
+            load=True, hint=hint,
+        )  # fmt: skip
+
+    def _linger(self, queue: str, started: float) -> str | None:
+        """The queue is empty: wait for its next job. Returns the ID of a job just queued ("" to
+        look once more, right after the watch started), or None to end the task."""
+        if self.linger_s <= 0 or time.monotonic() - started >= self.drain_s:
+            return None
+        if not self.watch.listening:  # a job queued before the watch started is found by looking again
+            return "" if self.watch.start() else None
+        return self.watch.wait(queue, min(time.monotonic() + self.linger_s, started + self.drain_s))
 
     def _round(self, token: str, batches: list[list[str]], loaded: dict | None = None) -> dict[str, str]:
         """Run the claimed ``batches`` and record the results, ending the token's claims on them.

@@ -21,6 +21,7 @@ from shared.redis_conn import get_redis
 from shared.schemas import Method
 from shared.settings import Settings, get_settings
 from worker.device import resolve_device
+from worker.linger import QueueWatch
 from worker.loader import LoadedModel, ModelCache
 from worker.pipeline import Item, Pipeline
 from worker.runner import JobRunner
@@ -72,6 +73,8 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         drain_s=settings.drain_s,
+        linger_ms=settings.linger_ms,
+        watch=QueueWatch(client, {q: keys.queue_events(q) for q in map(queue_for, served_models(settings, store))}),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
     )

@@ -51,6 +51,19 @@ def _install(path: str) -> None:
 
         setattr(owner, attr, traced)
 
+    def wrap_heard(owner, attr: str, label: str) -> None:
+        """Marks only the waits that returned something (a job heard of), on their return."""
+        f = getattr(owner, attr)
+
+        @functools.wraps(f)
+        def traced(*a, **k):
+            out = f(*a, **k)
+            if out:
+                mark(label)
+            return out
+
+        setattr(owner, attr, traced)
+
     patches = {
         "uvicorn.protocols.http.httptools_impl": lambda m: (
             wrap(m.HttpToolsProtocol, "data_received", "recv"),
@@ -67,6 +80,7 @@ def _install(path: str) -> None:
         ),
         "kombu.transport.redis": lambda m: (wrap(m.Channel, "_brpop_read", "brpop"), wrap(m.QoS, "append", "unacked")),
         "worker.pipeline": lambda m: wrap(m.Pipeline, "run", "pipeline"),
+        "worker.linger": lambda m: wrap_heard(m.QueueWatch, "wait", "heard"),
     }
 
     class Finder(importlib.abc.MetaPathFinder):

@@ -21,6 +21,7 @@ from shared.model_store import ModelStore
 from shared.schemas import ImageInfo, JobSpec, JobStatus, Method
 from tests.conftest import ROOT
 from training.shapes import held_out
+from worker.linger import QueueWatch
 from worker.loader import ModelCache
 from worker.runner import JobRunner
 
@@ -41,8 +42,10 @@ def parts(rclient, prefix):
     arts = ArtifactStore(rclient, keys, 60)
     cache = ModelCache(store, torch.device("cpu"))
 
-    def runner(batch: int = 1, name: str = "w", drain_s: float = 0.0) -> JobRunner:
-        return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch, drain_s=drain_s)
+    def runner(batch: int = 1, name: str = "w", drain_s: float = 0.0, linger_ms: float = 0.0, queues=()) -> JobRunner:
+        watch = QueueWatch(rclient, {q: keys.queue_events(q) for q in queues}) if queues else None
+        return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch, drain_s=drain_s, linger_ms=linger_ms,
+                         watch=watch)  # fmt: skip
 
     def submit(job_id: str, image, method=Method.gradcam, target=None, queue: str = QUEUE) -> None:
         spec = JobSpec(
@@ -254,3 +257,77 @@ def test_draining_leaves_jobs_whose_messages_a_worker_already_took(parts, rclien
     rclient.rpop(queue)
     rclient.rpop(queue)  # both messages delivered, to two workers
     assert runner(drain_s=60).run_token("tok", queue) == {f"{0:032x}": "succeeded"}
+
+
+def _after_done(jobs, job_id: str, then) -> threading.Thread:
+    """Runs ``then`` 0.1 s after ``job_id`` is final, as a client submitting its next job would."""
+
+    def go():
+        deadline = time.monotonic() + 60
+        while (rec := jobs.get(job_id)) is None or not rec.status.final:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)
+        then()
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def test_an_idle_task_lingers_and_claims_the_next_submission_itself(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    a, b = held_out(2)
+    submit(f"{0:032x}", a.image, queue=queue)
+    rclient.rpop(queue)  # Celery delivered job 0's message: the running token
+    t = _after_done(jobs, f"{0:032x}", lambda: submit(f"{1:032x}", b.image, queue=queue))
+    started = time.monotonic()
+    out = runner(drain_s=60, linger_ms=600, queues=[queue]).run_token("tok", queue)
+    took = time.monotonic() - started
+    t.join()
+    assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "succeeded"}
+    assert jobs.get(f"{1:032x}").token == "tok"  # this task ran it ...
+    assert rclient.llen(queue) == 0  # ... and its message came off the list: no task runs empty for it
+    assert took < 10  # then it waited linger_ms more for a third job, and ended
+
+
+def test_without_lingering_the_task_ends_when_its_queue_is_empty(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    a, b = held_out(2)
+    submit(f"{0:032x}", a.image, queue=queue)
+    rclient.rpop(queue)
+    t = _after_done(jobs, f"{0:032x}", lambda: submit(f"{1:032x}", b.image, queue=queue))
+    out = runner(drain_s=60, linger_ms=0, queues=[queue]).run_token("tok", queue)
+    t.join()
+    assert out == {f"{0:032x}": "succeeded"}
+    assert jobs.get(f"{1:032x}").status is JobStatus.queued and rclient.llen(queue) == 1  # for the parent
+
+
+def test_a_job_for_another_queue_ends_the_wait_and_keeps_its_message(parts, rclient, prefix):
+    jobs, _arts, runner, submit = parts
+    qa, qb = f"{prefix}.jobs.shapes", f"{prefix}.jobs.other"
+    a, b = held_out(2)
+    submit(f"{0:032x}", a.image, queue=qa)
+    rclient.rpop(qa)
+    t = _after_done(jobs, f"{0:032x}", lambda: submit(f"{1:032x}", b.image, queue=qb))
+    started = time.monotonic()
+    out = runner(drain_s=60, linger_ms=30_000, queues=[qa, qb]).run_token("tok", qa)
+    took = time.monotonic() - started
+    t.join()
+    assert out == {f"{0:032x}": "succeeded"}
+    assert took < 15  # not the 30 s linger: the parent must deliver the other queue's job
+    assert jobs.get(f"{1:032x}").status is JobStatus.queued and rclient.llen(qb) == 1
+
+
+def test_lingering_stops_at_the_drain_limit(parts, rclient, prefix):
+    _jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    submit(f"{0:032x}", held_out(1)[0].image, queue=queue)
+    rclient.rpop(queue)
+    r = runner(drain_s=0.5, linger_ms=30_000, queues=[queue])
+    started = time.monotonic()
+    assert r.run_token("tok", queue) == {f"{0:032x}": "succeeded"}
+    assert time.monotonic() - started < 10
+    assert not r.watch.listening  # unsubscribed: nothing piles up while the next jobs run

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import redis
 import redis.asyncio as aioredis
@@ -24,25 +24,36 @@ log = logging.getLogger("segcam.api")
 
 
 class Follower:
+    """One waiting request's inbox. ``wait`` parks on a bare future that ``put`` resolves:
+    ``asyncio.wait_for`` would start a task per wait on Python 3.11, and a loop turn or two
+    more between the event and the answer."""
+
     def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels
-        self.inbox: asyncio.Queue[str] = asyncio.Queue()
+        self.inbox: deque[str] = deque()
+        self._waiter: asyncio.Future | None = None
 
     def put(self, payload: str) -> None:
-        self.inbox.put_nowait(payload)
+        self.inbox.append(payload)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def wait(self, timeout: float) -> list[str]:
         """The messages that arrived within ``timeout`` seconds (empty: nothing changed).
 
         A message is a stage name (``preprocess``, ``inference``, ...), a final status, or
-        a bare "look again" (``changed``, ``moved``)."""
-        try:
-            first = await asyncio.wait_for(self.inbox.get(), timeout)
-        except TimeoutError:
-            return []
-        out = [first]
-        while not self.inbox.empty():
-            out.append(self.inbox.get_nowait())
+        a bare "look again" (``changed``, ``moved``, ``queued <job id>``)."""
+        if not self.inbox:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        out = list(self.inbox)
+        self.inbox.clear()
         return out
 
 

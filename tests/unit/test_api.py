@@ -275,3 +275,30 @@ def test_a_wait_on_a_fresh_job_reads_nothing_when_the_final_event_carries_the_re
     with pytest.raises(LookupError):  # not their job's record: read it the normal way
         asyncio.run(run("someone else"))
     assert reads == ["j"]
+
+
+def test_a_follower_wakes_on_a_message_times_out_empty_and_keeps_what_came_late():
+    import asyncio
+
+    from api.events import Follower
+
+    async def run():
+        f = Follower(("ch",))
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, f.put, "inference")
+        loop.call_later(0.05, f.put, "cam")
+        t0 = loop.time()
+        first = await f.wait(5)
+        woke = loop.time() - t0
+        t0 = loop.time()
+        quiet = await f.wait(0.1)
+        waited = loop.time() - t0
+        f.put("succeeded {}")  # nobody waiting: kept for the next wait, which returns at once
+        t0 = loop.time()
+        late = await f.wait(5)
+        return first, woke, quiet, waited, late, loop.time() - t0
+
+    first, woke, quiet, waited, late, at_once = asyncio.run(run())
+    assert first == ["inference", "cam"] and woke < 1
+    assert quiet == [] and waited >= 0.09
+    assert late == ["succeeded {}"] and at_once < 0.05

@@ -18,17 +18,13 @@ class ArtifactStore:
         self.keys = keys
         self.ttl_s = ttl_s
 
-    def commands(self, job_id: str, artifacts: dict[str, bytes]) -> list[tuple]:
-        """The writes, as commands for a connection or a pipeline."""
+    def stage(self, pipe, job_id: str, artifacts: dict[str, bytes]) -> None:
+        """Add the writes to ``pipe``, so they travel with the job's completion in one round trip."""
         unknown = set(artifacts) - set(ARTIFACT_NAMES)
         if unknown:
             raise ValueError(f"unknown artifact names: {sorted(unknown)}")
-        return [("SET", self.keys.artifact(job_id, n), data, "EX", self.ttl_s) for n, data in artifacts.items()]
-
-    def stage(self, pipe, job_id: str, artifacts: dict[str, bytes]) -> None:
-        """Add the writes to ``pipe``, so they travel with the job's completion in one round trip."""
-        for command in self.commands(job_id, artifacts):
-            pipe.execute_command(*command)
+        for name, data in artifacts.items():
+            pipe.set(self.keys.artifact(job_id, name), data, ex=self.ttl_s)
 
     def put(self, job_id: str, artifacts: dict[str, bytes]) -> None:
         pipe = self.r.pipeline(transaction=True)

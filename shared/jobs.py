@@ -546,7 +546,7 @@ class JobStore:
 
 
 class StageReports:
-    """A running batch's stage reports and artifacts, written without waiting for Redis.
+    """A running batch's stage reports, written without waiting for Redis.
 
     Recording a stage (and telling the job's followers) would cost a round trip at every
     stage boundary, in the middle of the job. The commands are written at once and their
@@ -554,17 +554,12 @@ class StageReports:
     The cancellation flags come back with those replies, so they are as of the previous
     boundary: a running job whose cancellation is requested stops at the second stage
     boundary after the request at the latest, or has its result dropped at the end.
-
-    A job's artifacts go the same way as soon as they are encoded (``artifacts``): Redis takes
-    in the first image's few hundred kilobytes while the next is encoded and the result is
-    built, instead of on the way to the final event. ``close`` reads their replies, so a
-    failed write fails the batch before anything is recorded.
     """
 
     def __init__(self, jobs: JobStore) -> None:
         self.jobs = jobs
         self.conn = None
-        self.sent: list[tuple[str, list[str] | int]] = []  # replies still to be read, in order
+        self.sent: list[str] = []  # jobs whose replies are still to be read
 
     def report(self, job_ids: list[str], stage: str) -> list[str]:
         """Record ``stage`` for ``job_ids``; returns the jobs found flagged for cancellation by
@@ -577,14 +572,15 @@ class StageReports:
             for j in live:
                 commands += [("HSET", k.job(j), "stage", stage), ("HGET", k.job(j), "cancel_requested"),
                              ("PUBLISH", k.job_events(j), stage)]  # fmt: skip
-            self._send(commands, ("stage", live))
+            if self.conn is None:
+                self.conn = self.jobs.r.connection_pool.get_connection()
+            try:
+                self.conn.send_packed_command(self.conn.pack_commands(commands))
+            except BaseException:
+                self._drop()
+                raise
+            self.sent = live
         return cancelled
-
-    def artifacts(self, store: ArtifactStore, job_id: str, artifacts: dict[str, bytes]) -> None:
-        """Write a job's artifacts now; ``close`` checks that they were stored."""
-        commands = store.commands(job_id, artifacts)
-        if commands:
-            self._send(commands, ("set", len(commands)))
 
     def close(self) -> list[str]:
         """Read what is outstanding and give the connection back; returns the jobs flagged for
@@ -596,32 +592,16 @@ class StageReports:
                 self.jobs.r.connection_pool.release(self.conn)
                 self.conn = None
 
-    def _send(self, commands: list[tuple], expect: tuple[str, list[str] | int]) -> None:
-        if self.conn is None:
-            self.conn = self.jobs.r.connection_pool.get_connection()
-        try:
-            self.conn.send_packed_command(self.conn.pack_commands(commands))
-        except BaseException:
-            self._drop()
-            raise
-        self.sent.append(expect)
-
     def _collect(self) -> list[str]:
-        """Read every outstanding reply (an error reply raises); returns the flagged jobs."""
         sent, self.sent = self.sent, []
-        flagged: list[str] = []
+        if not sent:
+            return []
         try:
-            for kind, what in sent:
-                if kind == "set":
-                    for _ in range(what):
-                        self.conn.read_response()
-                    continue
-                replies = [self.conn.read_response() for _ in range(3 * len(what))]
-                flagged += [j for j, flag in zip(what, replies[1::3], strict=True) if flag]
+            replies = [self.conn.read_response() for _ in range(3 * len(sent))]
         except BaseException:
             self._drop()
             raise
-        return flagged
+        return [j for j, flag in zip(sent, replies[1::3], strict=True) if flag]
 
     def _drop(self) -> None:
         """A failed write or read leaves replies unaccounted for: the connection is not reused."""

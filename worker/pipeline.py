@@ -64,15 +64,7 @@ class Pipeline:
         x = (x - self.model.mean) / self.model.std
         return x.contiguous(memory_format=torch.channels_last) if self.model.channels_last else x.contiguous()
 
-    def run(
-        self,
-        items: list[Item],
-        method: Method,
-        on_stage: Callable[[str], None] | None = None,
-        on_artifacts: Callable[[int, dict[str, bytes]], None] | None = None,
-    ) -> list[ItemResult]:
-        """``on_artifacts(i, artifacts)``: item ``i``'s PNGs, as soon as they are encoded (they
-        can be on their way while the next item is encoded)."""
+    def run(self, items: list[Item], method: Method, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
         stage = on_stage or (lambda _s: None)
         num_classes = len(self.labels)
         for it in items:
@@ -111,8 +103,6 @@ class Pipeline:
             res = self._postprocess(image, out.logits[i : i + 1], out.cams[i], out.targets[i], method)
             res.timings_ms = {**shared_ms, "encode_ms": (self.clock() - te) * 1000}
             results.append(res)
-            if on_artifacts is not None:
-                on_artifacts(i, res.artifacts)
         return results
 
     def _postprocess(self, image: Image.Image, logits: torch.Tensor, cam: np.ndarray, target, method) -> ItemResult:

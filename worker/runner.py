@@ -196,7 +196,7 @@ class JobRunner:
         t0 = time.time()
         try:
             try:
-                results = Pipeline(model).run(items, spec.method, on_stage=hook, on_artifacts=hook.artifacts)
+                results = Pipeline(model).run(items, spec.method, on_stage=hook)
             finally:
                 hook.close()
         except BatchCancelled:
@@ -223,8 +223,7 @@ class JobRunner:
             if rec.id not in hook.cancelled:
                 result = self._result(rec, res, manifest, started, len(group))
                 wait_s = max(0.0, started - rec.created_at)
-                arts = {} if rec.id in hook.stored else res.artifacts  # already written (see StageHook)
-                done.append((rec, Completed(rec.id, rec.queue, result, arts, wait_s, per_job_s)))
+                done.append((rec, Completed(rec.id, rec.queue, result, res.artifacts, wait_s, per_job_s)))
         return out
 
     def _one_by_one(self, group, cancelled: set[str], started: float, done: list) -> dict[str, str]:
@@ -310,10 +309,8 @@ class StageHook:
 
     def __init__(self, runner: JobRunner, records: list[JobRecord], uploads: list[bytes]) -> None:
         self.runner = runner
-        self.order = [r.id for r in records]
         self.live = {r.id: r for r in records}
         self.cancelled: set[str] = set()
-        self.stored: set[str] = set()  # jobs whose artifacts went out with the reports
         self.reports = runner.jobs.stage_reports()
         self.faults = {}
         if runner.fault_injection:
@@ -329,17 +326,8 @@ class StageHook:
             if job_id in self.live:
                 faults.trigger(fault, stage)
 
-    def artifacts(self, index: int, artifacts: dict[str, bytes]) -> None:
-        """A job's PNGs, written at once on the reports' connection (replies read by ``close``),
-        so the completion carries only the records."""
-        job_id = self.order[index]
-        if job_id in self.live:
-            self.reports.artifacts(self.runner.artifacts, job_id, artifacts)
-            self.stored.add(job_id)
-
     def close(self) -> None:
-        """The pipeline is over: the last report's flags still count (the result is dropped).
-        Raises if a write failed (the batch then fails before anything is recorded)."""
+        """The pipeline is over: the last report's flags still count (the result is dropped)."""
         self._cancel(self.reports.close(), "end")
 
     def _cancel(self, job_ids: list[str], stage: str) -> None:

@@ -99,7 +99,8 @@ def timeline(n: int = 120) -> str:
                 continue
             rows.append({
                 "client -> record created (HTTP, multipart, validation)": ts("created_at") - t0,
-                "record + message -> worker claimed it (BRPOP, prefork)": ts("started_at") - ts("created_at"),
+                "record + message -> worker claimed it (lingering task or BRPOP + prefork)": ts("started_at")
+                - ts("created_at"),
                 "worker: claimed -> final, minus compute (Redis I/O)": ts("finished_at") - ts("started_at") - compute,
                 "final -> client has the result (pub/sub, the held POST answers)": t2 - ts("finished_at"),
                 "compute (decode, preprocess, forward + CAM, encode)": compute,

@@ -1,6 +1,6 @@
 """One job's path through the stack, hop by hop, from timestamps taken inside each process.
 
-    python -m benchmarks.hop_trace [--jobs 100] [--httpx] [--gap-ms 50] [--model realistic]
+    python -m benchmarks.hop_trace [--jobs 100] [--httpx] [--gap-ms 50] [--model realistic] [--workers 2]
 
 Starts the API and a worker with ``benchmarks/tracing`` on their PYTHONPATH (its
 sitecustomize wraps the functions at each hop's edges), sends sequential jobs (the demo
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--httpx", action="store_true", help="send with httpx instead of the raw-socket client")
     ap.add_argument("--gap-ms", type=float, default=50.0, help="pause between jobs (idle processes go cold)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (each lingers after its jobs)")
     ap.add_argument("--model", choices=["demo", "realistic"], default="demo",
                     help="realistic: deeplabv3_mobilenet_v3_large at 384 px, as in make bench")  # fmt: skip
     args = ap.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
            "PYTHONPATH": str(HERE / "tracing"), "SEGCAM_TRACE_FILE": str(trace)}  # fmt: skip
     jobs: list[dict[str, float]] = []
     with (
-        LocalStack(env=env, workers=1, log_dir=trace.parent) as s,
+        LocalStack(env=env, workers=args.workers, log_dir=trace.parent) as s,
         httpx.Client(base_url=s.url) as c,
         RawClient(s.url) as rc,
     ):
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{**m, **j} for m, j in zip(marks, jobs, strict=True)][10:]  # the first ten warm up
     client = "httpx" if args.httpx else "raw-socket"
     heard = sum("heard" in r for r in rows)
-    print(f"{len(rows)} jobs: {heard} claimed by a lingering task, {len(rows) - heard} delivered by Celery\n")
+    print(
+        f"{len(rows)} jobs, {args.workers} worker(s): {heard} claimed by a lingering task, "
+        f"{len(rows) - heard} delivered by Celery\n"
+    )
     print(f"| hop ({args.model} model, {client} client, {args.gap_ms:.0f} ms between jobs) | p50 ms | p90 ms |")
     print("|---|---|---|")
     for a, b, what in HOPS:

@@ -352,13 +352,15 @@ class JobStore:
             return Created(job_id=prev_id, replayed=True, fingerprint_matches=prev_fp == fingerprint)
         return Created(job_id=job_id, position=int(value))
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str, _again: bool = True) -> JobRecord | None:
         h = self.r.hgetall(self.keys.job(job_id))
         if not h:
             return None
         rec = JobRecord.from_hash(h)
         if rec.status is JobStatus.queued:
             rank = self.r.zrank(self.keys.queued(rec.queue), job_id)
+            if rank is None and _again:  # claimed or cancelled between the two reads: read the news
+                return self.get(job_id, _again=False)
             rec.position = int(rank) if rank is not None else None
         return rec
 

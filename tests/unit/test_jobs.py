@@ -46,6 +46,22 @@ def test_positions_follow_submit_order_and_count_down(store):
     assert rec.status is JobStatus.running and rec.position is None and rec.worker == "w1" and rec.token == "tok1"
 
 
+def test_a_job_claimed_between_the_record_and_its_rank_reads_as_running(store, monkeypatch):
+    """Never "queued" without a position: a worker claimed it between the two reads."""
+    job_id = "a" * 32
+    store.create(job_id, SPEC, "q", b"img")
+    zrank = store.r.zrank
+
+    def claimed_meanwhile(*args):
+        monkeypatch.setattr(store.r, "zrank", zrank)
+        assert store.claim("q", "tok", "w") == [job_id]
+        return zrank(*args)
+
+    monkeypatch.setattr(store.r, "zrank", claimed_meanwhile)
+    rec = store.get(job_id)
+    assert rec.status is JobStatus.running and rec.position is None and rec.worker == "w"
+
+
 def test_priority_band_goes_before_older_jobs_of_lower_bands(store):
     store.create("1" * 32, SPEC, "q", b"i", priority_band=1)
     store.create("2" * 32, SPEC, "q", b"i", priority_band=1)

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False  # one JSON object per line, with job_id on every line about a job
 
+    @field_validator("task_soft_time_limit_s")
+    @classmethod
+    def _drain_within_limit(cls, v: int, info) -> int:
+        # A job that a draining or lingering task claims runs under that task's time limits,
+        # started when the task did: it keeps at least three quarters of its limit this way.
+        if info.data.get("drain_s", 0.0) > v / 4:
+            raise ValueError("drain_s must be at most a quarter of task_soft_time_limit_s")
+        return v
+
     @field_validator("task_time_limit_s")
     @classmethod
     def _hard_after_soft(cls, v: int, info) -> int:

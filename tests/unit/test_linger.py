@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import redis
+from pydantic import ValidationError
 
 from shared.jobs import JobStore
 from shared.keys import Keys
 from shared.schemas import ImageInfo, JobSpec, Method
+from shared.settings import Settings
 from stack.local import free_port
 from worker.linger import QueueWatch
 
@@ -67,3 +70,11 @@ def test_an_unreachable_redis_means_no_lingering_not_an_error():
     assert watch.start() is False and not watch.listening
     assert watch.wait("qa", time.monotonic() + 1) is None
     watch.stop()
+
+
+def test_a_task_drains_and_lingers_only_within_a_quarter_of_its_time_limit():
+    """A job claimed by a continuing task runs under that task's limits, which started with it."""
+    with pytest.raises(ValidationError, match="drain_s"):
+        Settings(drain_s=2, task_soft_time_limit_s=4, task_time_limit_s=6)
+    assert Settings(drain_s=1, task_soft_time_limit_s=4, task_time_limit_s=6).drain_s == 1
+    Settings()  # the defaults: 2 s of 120

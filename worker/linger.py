@@ -12,8 +12,10 @@ that same script, so exactly one worker runs the job, and an idle worker whose p
 already waiting on the list gets it first. A job queued on another of the worker's queues
 ends the wait, so the parent delivers that one without delay.
 
-A wait never raises: on any Redis error it reports "nothing heard" and the task ends as it
-would have without lingering.
+The runner lingers only within ``drain_s`` of the task's start: a job it claims runs under
+the task's time limits, which started with the task, and settings keep ``drain_s`` within a
+quarter of the soft limit. A wait never raises: on any Redis error it reports "nothing
+heard" and the task ends as it would have without lingering.
 """
 
 from __future__ import annotations

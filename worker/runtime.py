@@ -60,7 +60,8 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         channels_last=settings.channels_last,
         bf16_backbone=settings.bf16_backbone,
     )
-    for name in served_models(settings, store):
+    models = served_models(settings, store)
+    for name in models:
         manifest = store.resolve(name)
         warm_up(cache.get(manifest))
         log.info("loaded %s on %s", manifest.ref, device)
@@ -74,7 +75,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_wait_ms=settings.max_wait_ms,
         drain_s=settings.drain_s,
         linger_ms=settings.linger_ms,
-        watch=QueueWatch(client, {q: keys.queue_events(q) for q in map(queue_for, served_models(settings, store))}),
+        watch=QueueWatch(client, {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
     )

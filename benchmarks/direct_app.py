@@ -16,7 +16,7 @@ from fastapi import FastAPI, File, UploadFile
 from shared.model_store import ModelStore
 from shared.schemas import Method
 from worker.loader import load_model
-from worker.pipeline import Item, Pipeline
+from worker.pipeline import Item, Pipeline, default_threads
 
 torch.set_num_threads(int(os.environ.get("SEGCAM_TORCH_THREADS", "1")))
 store = ModelStore(os.environ["BENCH_MODEL_DIR"])
@@ -26,7 +26,7 @@ app = FastAPI()
 
 @app.post("/segment")
 def segment(image: UploadFile = File(...)) -> dict:
-    res = Pipeline(model).run([Item("direct", image.file.read())], Method.gradcam)[0]
+    res = Pipeline(model, default_threads()).run([Item("direct", image.file.read())], Method.gradcam)[0]
     return {
         "classes": [c.model_dump() for c in res.classes],
         "explanation": res.explanation.model_dump(mode="json"),

@@ -129,10 +129,10 @@ def limit(store: Path, model: str, imgs: list[bytes], seconds: float, batch: int
     from shared.model_store import ModelStore
     from shared.schemas import Method
     from worker.loader import load_model
-    from worker.pipeline import Item, Pipeline
+    from worker.pipeline import Item, Pipeline, default_threads
 
     ms = ModelStore(store)
-    pipe = Pipeline(load_model(ms, ms.resolve(model), torch.device("cpu")))
+    pipe = Pipeline(load_model(ms, ms.resolve(model), torch.device("cpu")), default_threads())  # as a worker would
     reference = [explanation_key(pipe.run([Item("r", im)], Method.gradcam)[0].explanation.model_dump()) for im in imgs]
     n, k, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

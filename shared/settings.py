@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # and claims it itself: no Celery hand-off at low load (worker/linger.py). 0: off.
     linger_ms: float = 250.0
     torch_threads: int = 0  # 0: leave torch's default
+    # Threads sharing a batch's post-processing (label maps, statistics, PNG encoding): CPU work
+    # that a GPU would otherwise wait for image after image. 0: at most 8; on the CPU torch's
+    # thread count, beside a GPU the process's cores.
+    postprocess_threads: int = Field(0, ge=0)
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150
     visibility_timeout_s: int = 600

@@ -7,8 +7,10 @@ Redis or Celery: bytes and class IDs in, artifacts and a summary out.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,11 +48,24 @@ class ItemResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def default_threads(device: torch.device) -> int:
+    """Post-processing threads when not configured, at most 8. On the CPU, as many as torch
+    computes with (the worker's share of the cores; the two never run at once); beside a GPU,
+    the cores this process may use, which the device leaves idle."""
+    cores = len(os.sched_getaffinity(0)) if device.type == "cuda" else torch.get_num_threads()
+    return max(1, min(8, cores))
+
+
 class Pipeline:
-    def __init__(self, model: LoadedModel) -> None:
+    """``threads``: how many threads share a batch's post-processing (label maps, statistics,
+    PNGs; torch, numpy and Pillow release the GIL there). On a GPU the encoding is CPU work
+    that would otherwise run image after image while the device waits."""
+
+    def __init__(self, model: LoadedModel, threads: int = 1) -> None:
         self.model = model
         self.labels = model.manifest.labels
         self.cuda = model.device.type == "cuda"
+        self.pool = _pool(threads) if threads > 1 else _INLINE
 
     def clock(self) -> float:
         if self.cuda:
@@ -92,32 +107,51 @@ class Pipeline:
         t2 = self.clock()
 
         stage("encode")
-        results = []
+        te = self.clock()
+        results = self._postprocess(images, out.logits, out.cams, out.targets, method)
+        encode_ms = (self.clock() - te) * 1000 / len(items)
         shared_ms = {
             "preprocess_ms": (t1 - t0) * 1000 / len(items),
             "inference_ms": out.forward_s * 1000,
             "cam_ms": (t2 - t1 - out.forward_s) * 1000,
+            "encode_ms": encode_ms,
         }
-        for i, image in enumerate(images):
-            te = self.clock()
-            res = self._postprocess(image, out.logits[i : i + 1], out.cams[i], out.targets[i], method)
-            res.timings_ms = {**shared_ms, "encode_ms": (self.clock() - te) * 1000}
-            results.append(res)
+        for res in results:
+            res.timings_ms = dict(shared_ms)
         return results
 
-    def _postprocess(self, image: Image.Image, logits: torch.Tensor, cam: np.ndarray, target, method) -> ItemResult:
-        W, H = image.size
-        labels, stats = self._labels_and_stats(logits, H, W)
-        heat = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((W, H), Image.BILINEAR))
+    def _postprocess(self, images, logits: torch.Tensor, cams: np.ndarray, targets, method) -> list[ItemResult]:
+        """Each image's two independent halves (label map with its statistics and mask; heatmap
+        with the overlay) go to the pool. The first failure is raised and cancels what has not
+        started."""
+        pending = []
+        for i, image in enumerate(images):
+            # logits[i : i + 1] keeps the batch's memory layout (see _labels_and_stats)
+            pending.append(self.pool.submit(self._segmentation, logits[i : i + 1], image.size))
+            pending.append(self.pool.submit(self._heat, image, cams[i]))
+        try:
+            parts = [f.result() for f in pending]
+        finally:
+            for f in pending:
+                f.cancel()
+        results = []
+        for i, image in enumerate(images):
+            (labels, stats, mask), (heat, heat_png, overlay) = parts[2 * i], parts[2 * i + 1]
+            explanation = self._explanation(targets[i], method, heat, labels)
+            artifacts = {"mask": mask, "heatmap": heat_png, "overlay": overlay}
+            results.append(ItemResult(image.size[0], image.size[1], stats, explanation, artifacts, cams[i], labels))
+        return results
+
+    def _segmentation(self, logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, list[ClassStat], bytes]:
+        W, H = size
+        with torch.no_grad():
+            labels, stats = self._labels_and_stats(logits, H, W)
+        return labels, stats, render.mask_png(labels)
+
+    def _heat(self, image: Image.Image, cam: np.ndarray) -> tuple[np.ndarray, bytes, bytes]:
+        heat = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(image.size, Image.BILINEAR))
         heat_u8 = render.heatmap_u8(heat)
-        explanation = self._explanation(target, method, heat, labels)
-        rgb = np.asarray(image)
-        artifacts = {
-            "mask": render.mask_png(labels),
-            "heatmap": render.heatmap_png(heat_u8),
-            "overlay": render.overlay_png(rgb, heat_u8),
-        }
-        return ItemResult(W, H, stats, explanation, artifacts, cam, labels)
+        return heat, render.heatmap_png(heat_u8), render.overlay_png(np.asarray(image), heat_u8)
 
     def _labels_and_stats(self, logits: torch.Tensor, H: int, W: int) -> tuple[np.ndarray, list[ClassStat]]:
         """``logits``: (1, C, h, w), a slice of the batch that keeps its memory layout (indexing
@@ -125,12 +159,14 @@ class Pipeline:
         4x slower)."""
         C = logits.shape[1]
         if C * H * W <= FULL_RES_LOGITS_BUDGET:
-            logits = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)
-        scores = logits[0].float()
+            scores = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)[0]
+        else:
+            scores = logits[0].float().clone()  # overwritten below; the batch's logits stay as they are
         top, pred = scores.max(0)
         # The top softmax probability, 1 / sum(exp(l - max)), without a full softmax (which is
-        # 4x slower on channels_last logits); same argmax, same value.
-        conf = torch.exp(scores - top).sum(0).reciprocal_()
+        # 4x slower on channels_last logits); same argmax, same value. In place: two fewer
+        # C x H x W buffers, whose fresh pages cost as much as the arithmetic on the CPU.
+        conf = scores.sub_(top).exp_().sum(0).reciprocal_()
         pred_np = pred.to(torch.uint8).cpu().numpy()
         counts = np.bincount(pred_np.ravel(), minlength=C)
         conf_sums = torch.zeros(C, device=conf.device).index_add_(0, pred.flatten(), conf.flatten()).cpu().numpy()
@@ -174,3 +210,25 @@ class Pipeline:
             peak=Peak(x=int(x), y=int(y)),
             energy_in_mask=round(inside / total, 6) if total > 0 else 0.0,
         )
+
+
+class _Inline:
+    """The executor interface, run at once in the caller's thread: one thread, no hand-offs; a
+    failure (or the task's time limit) raises at once, before the next image is touched."""
+
+    def submit(self, fn, *args) -> Future:
+        f: Future = Future()
+        f.set_result(fn(*args))
+        return f
+
+
+_INLINE = _Inline()
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per process and size: a pool made before a fork has no threads in the child."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="postprocess")
+    return _POOLS[key]

@@ -53,6 +53,7 @@ class JobRunner:
         drain_s: float = 0.0,
         linger_ms: float = 0.0,
         watch: QueueWatch | None = None,
+        postprocess_threads: int = 1,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
@@ -67,6 +68,7 @@ class JobRunner:
         self.drain_s = max(0.0, drain_s)
         self.linger_s = max(0.0, linger_ms) / 1000 if watch is not None else 0.0
         self.watch = watch
+        self.postprocess_threads = postprocess_threads
 
     def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
         """Run what the Celery task ``token`` is owed; returns job ID -> final status. ``hint``: the
@@ -196,7 +198,7 @@ class JobRunner:
         t0 = time.time()
         try:
             try:
-                results = Pipeline(model).run(items, spec.method, on_stage=hook)
+                results = Pipeline(model, self.postprocess_threads).run(items, spec.method, on_stage=hook)
             finally:
                 hook.close()
         except BatchCancelled:

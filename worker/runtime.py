@@ -23,7 +23,7 @@ from shared.settings import Settings, get_settings
 from worker.device import resolve_device
 from worker.linger import QueueWatch
 from worker.loader import LoadedModel, ModelCache
-from worker.pipeline import Item, Pipeline
+from worker.pipeline import Item, Pipeline, default_threads
 from worker.runner import JobRunner
 
 log = logging.getLogger("segcam.worker")
@@ -35,12 +35,13 @@ def served_models(settings: Settings, store: ModelStore) -> list[str]:
     return settings.served_models or store.names()
 
 
-def warm_up(model: LoadedModel) -> None:
-    """One throwaway job, so the first real job does not pay for lazy initialisation."""
+def warm_up(model: LoadedModel, threads: int = 1) -> None:
+    """One throwaway job, so the first real job does not pay for lazy initialisation (the
+    post-processing threads included)."""
     h, w = model.manifest.input_size
     buf = io.BytesIO()
     Image.new("RGB", (w, h), (128, 128, 128)).save(buf, "PNG")
-    Pipeline(model).run([Item("warm-up", buf.getvalue())], Method.gradcam)
+    Pipeline(model, threads).run([Item("warm-up", buf.getvalue())], Method.gradcam)
 
 
 def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
@@ -61,9 +62,10 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         bf16_backbone=settings.bf16_backbone,
     )
     models = served_models(settings, store)
+    threads = settings.postprocess_threads or default_threads(device)
     for name in models:
         manifest = store.resolve(name)
-        warm_up(cache.get(manifest))
+        warm_up(cache.get(manifest), threads)
         log.info("loaded %s on %s", manifest.ref, device)
     _runner = JobRunner(
         jobs=job_store(settings),
@@ -78,6 +80,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         watch=QueueWatch(client, {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
+        postprocess_threads=threads,
     )
     # Everything loaded so far (torch, the models, Celery) lives as long as the process. Left
     # to the collector, it makes each full collection walk ~500k objects: about 200 ms, paid

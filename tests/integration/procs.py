@@ -56,7 +56,8 @@ class Procs:
         return p
 
     def worker(self, name: str, **extra: str) -> subprocess.Popen:
-        env = {"SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": "1", **extra}
+        # two post-processing threads, as a GPU worker has: the pool runs in the forked pool child
+        env = {"SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": "1", "SEGCAM_POSTPROCESS_THREADS": "2", **extra}
         return self._spawn(["python", "-m", "worker", "--name", name], name.split("@")[0], env)
 
     def wait_workers(self, names: list[str], timeout: float = 60) -> None:

@@ -1,0 +1,125 @@
+"""The encode stage (label maps, statistics, PNGs) by thread count and batch size, side by side.
+
+    python -m benchmarks.postprocess                       # threads 1, 2, 4; batches 1, 4, 8
+    python -m benchmarks.postprocess --against 1a2b3c4     # also that commit's pipeline, 1 thread
+
+On a GPU the forward and the CAM of a batch of 8 take milliseconds while its post-processing
+is CPU work, which ran image after image: this measures how much of it the worker's thread
+pool (``SEGCAM_POSTPROCESS_THREADS``) takes back. The forward and the CAM run once per model
+and batch; only the stage after them is timed, in alternating rounds so that the machine's
+drift hits every variant. Every variant's results are checked byte for byte against one
+thread's. Prints a table and writes ``benchmarks/results/postprocess-<utc-time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from benchmarks import run
+from shared.schemas import Method
+
+
+def pipeline_at(rev: str):
+    """``worker/pipeline.py`` as it was at ``rev``, imported beside today's."""
+    code = subprocess.run(["git", "show", f"{rev}:worker/pipeline.py"], cwd=run.ROOT, check=True,
+                          capture_output=True, text=True).stdout  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "pipeline_then.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location("pipeline_then", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pipeline_then"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def now(pipe, images, out) -> list:
+    return pipe._postprocess(images, out.logits, out.cams, out.targets, Method.gradcam)
+
+
+def before(pipe, images, out) -> list:
+    """The pipeline before the thread pool: one image at a time."""
+    return [
+        pipe._postprocess(im, out.logits[i : i + 1], out.cams[i], out.targets[i], Method.gradcam)
+        for i, im in enumerate(images)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.postprocess", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--threads", default="1,2,4", help="post-processing thread counts to compare")
+    ap.add_argument("--batches", default="1,4,8")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--against", help="a commit whose pipeline runs too (one thread), e.g. before a change")
+    args = ap.parse_args(argv)
+    import torch
+
+    from shared.imaging import decode_rgb
+    from shared.model_store import ModelStore
+    from worker.cam import explain
+    from worker.loader import load_model
+    from worker.pipeline import Pipeline
+
+    torch.set_num_threads(1)  # the forward's threads are not what is measured
+    then = pipeline_at(args.against) if args.against else None
+    bench = run.Bench(argparse.Namespace(threads=1, seconds=0))
+    rows = []
+    print("| model | batch | variant | encode stage, ms per image (median of rounds) | speed-up |")
+    print("|---|---|---|---|---|")
+    try:
+        for key, (model, _) in run.MODELS.items():
+            ms = ModelStore(bench.store)
+            loaded = load_model(ms, ms.resolve(model), torch.device("cpu"))
+            for b in map(int, args.batches.split(",")):
+                images = [decode_rgb(bench.imgs[key][i % len(bench.imgs[key])]) for i in range(b)]
+                x = Pipeline(loaded).preprocess(images)
+                out = explain(loaded.module, loaded.target_layer, x, [None] * b, Method.gradcam,
+                              clock=time.perf_counter, input_grad=loaded.needs_input_grad)  # fmt: skip
+                variants = {
+                    f"{n} thread{'s' if n > 1 else ''}": partial(now, Pipeline(loaded, n), images, out)
+                    for n in map(int, args.threads.split(","))
+                }
+                if then is not None:
+                    variants[f"{args.against}, 1 thread"] = partial(before, then.Pipeline(loaded), images, out)
+                reference = None
+                for name, fn in variants.items():
+                    got = [(r.artifacts, r.classes, r.explanation) for r in fn()]
+                    reference = reference or got
+                    if got != reference:
+                        raise SystemExit(f"{key} batch {b}: {name} gives other results than one thread")
+                times: dict[str, list[float]] = {name: [] for name in variants}
+                for _ in range(args.rounds):
+                    for name, fn in variants.items():
+                        t0, n = time.perf_counter(), 0
+                        while n < 3 or time.perf_counter() - t0 < 0.5:
+                            fn()
+                            n += 1
+                        times[name].append(1000 * (time.perf_counter() - t0) / n / b)
+                base = statistics.median(times[next(iter(variants))])
+                for name, ts in times.items():
+                    med = statistics.median(ts)
+                    rows.append({"model": key, "batch": b, "variant": name, "ms_per_image": med,
+                                 "rounds_ms": ts, "speedup": base / med})  # fmt: skip
+                    print(f"| {key} | {b} | {name} | {med:.2f} | {base / med:.2f}x |", flush=True)
+    finally:
+        bench.close()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = {"machine": run.machine(), "args": vars(args), "rows": rows}
+    path = run.RESULTS / f"postprocess-{stamp}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\n{path.relative_to(run.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Post-processing on several threads gives the same bytes as on one, and fails the same way.
+
+A batch's label maps, statistics and PNGs are shared out to a thread pool (a GPU worker would
+otherwise encode image after image while the device waits); nothing about a result may
+depend on which thread made it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.schemas import Method
+from tests.explain.conftest import png
+from training.shapes import held_out
+from worker import pipeline, render
+from worker.pipeline import Item, Pipeline, default_threads
+
+
+@pytest.fixture(scope="module")
+def items():
+    scenes = held_out(5)
+    out = [Item(str(i), png(s.image), None if i % 2 else 1) for i, s in enumerate(scenes[:4])]
+    bigger = scenes[4].image.resize((300, 170), Image.BILINEAR)  # another size in the same batch
+    return [*out, Item("4", png(bigger), 2)]
+
+
+def same(a, b) -> None:
+    assert a.artifacts == b.artifacts  # byte for byte
+    assert a.classes == b.classes
+    assert a.explanation == b.explanation
+    assert np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.cam, b.cam)
+    assert (a.width, a.height) == (b.width, b.height)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_post_processing_equals_one_thread(demo_model, items, threads):
+    one = Pipeline(demo_model, 1).run(items, Method.gradcam)
+    many = Pipeline(demo_model, threads).run(items, Method.gradcam)
+    assert [r.width for r in many] == [r.width for r in one] and many[-1].width == 300
+    for a, b in zip(one, many, strict=True):
+        same(a, b)
+
+
+def test_logits_over_the_budget_are_copied_not_overwritten(demo_model, items, monkeypatch):
+    """Above the full-resolution budget the label map comes from the model-resolution logits,
+    computed in place: on a copy, so the caller's logits stay as they were."""
+    monkeypatch.setattr(pipeline, "FULL_RES_LOGITS_BUDGET", 0)
+    one = Pipeline(demo_model, 1).run(items, Method.gradcam)
+    for a, b in zip(one, Pipeline(demo_model, 2).run(items, Method.gradcam), strict=True):
+        same(a, b)
+        assert b.labels.shape == (b.height, b.width)
+    logits = torch.randn(1, len(demo_model.manifest.labels), 12, 16)
+    kept = logits.clone()
+    labels, stats = Pipeline(demo_model)._labels_and_stats(logits, 24, 32)
+    assert torch.equal(logits, kept)
+    assert labels.shape == (24, 32) and abs(sum(c.pixel_fraction for c in stats) - 1) < 1e-5
+
+
+def test_a_failure_in_one_image_is_raised_from_the_pool(demo_model, items, monkeypatch):
+    real = render.overlay_png
+    calls = []
+
+    def breaks_on_the_second(rgb, heat):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("encoder broke")
+        return real(rgb, heat)
+
+    monkeypatch.setattr(render, "overlay_png", breaks_on_the_second)
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        Pipeline(demo_model, 2).run(items, Method.gradcam)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        Pipeline(demo_model, 1).run(items, Method.gradcam)
+    assert len(calls) == 2  # on one thread nothing after the failure runs
+
+
+def test_each_process_gets_its_own_pool(monkeypatch):
+    """A pool made before a fork has no threads in the child: work submitted there would wait
+    forever. Pools are kept per process ID."""
+    first = pipeline._pool(2)
+    assert pipeline._pool(2) is first
+    monkeypatch.setattr(pipeline.os, "getpid", lambda: -1)
+    child = pipeline._pool(2)
+    assert child is not first
+    assert child.submit(lambda: 41 + 1).result(timeout=10) == 42
+
+
+def test_default_threads_follow_torch_on_the_cpu_and_the_cores_beside_a_gpu(monkeypatch):
+    before = torch.get_num_threads()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    try:
+        torch.set_num_threads(3)
+        assert default_threads(cpu) == 3
+        torch.set_num_threads(12)
+        assert default_threads(cpu) == 8
+        torch.set_num_threads(1)
+        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _pid: set(range(16)))
+        assert default_threads(gpu) == 8  # torch's one thread does not count beside a GPU
+        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _pid: {0, 1})
+        assert default_threads(gpu) == 2
+    finally:
+        torch.set_num_threads(before)

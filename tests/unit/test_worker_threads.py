@@ -1,0 +1,50 @@
+"""The worker's post-processing pool: its size follows torch's unless configured, it is made
+(and warmed) in the process that runs the jobs, and a nonsense size is refused at start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from shared.settings import Settings
+from tests.conftest import ROOT
+
+INIT = """
+import threading
+from worker import runtime
+r = runtime.init("threads-test")
+print(r.postprocess_threads, sum(t.name.startswith("postprocess") for t in threading.enumerate()))
+"""
+
+
+def started(settings, **env: str) -> tuple[int, int]:
+    full = {**os.environ, "SEGCAM_REDIS_URL": settings.redis_url, "SEGCAM_KEY_PREFIX": settings.key_prefix,
+            "SEGCAM_DEVICE": "cpu", **env}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", INIT], cwd=ROOT, env=full, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    configured, alive = map(int, out.stdout.split()[-2:])
+    return configured, alive
+
+
+def test_pool_size_follows_torch_threads_by_default(settings):
+    configured, alive = started(settings, SEGCAM_TORCH_THREADS="3", SEGCAM_POSTPROCESS_THREADS="0")
+    assert configured == 3
+    assert 1 <= alive <= 3  # the warm-up job started the pool's threads
+
+
+def test_pool_size_can_be_set(settings):
+    assert started(settings, SEGCAM_TORCH_THREADS="1", SEGCAM_POSTPROCESS_THREADS="2")[0] == 2
+
+
+def test_one_thread_makes_no_pool(settings):
+    assert started(settings, SEGCAM_TORCH_THREADS="1", SEGCAM_POSTPROCESS_THREADS="0") == (1, 0)
+
+
+def test_a_negative_size_is_refused():
+    assert Settings(postprocess_threads=0).postprocess_threads == 0  # 0 is "follow torch"
+    with pytest.raises(ValidationError, match="postprocess_threads"):
+        Settings(postprocess_threads=-1)

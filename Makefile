@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 APT_PKGS := redis-server chromium chromium-driver
 
-.PHONY: deps install demo test up lint format train-demo bench profile trace clean
+.PHONY: deps install demo test up lint format train-demo bench profile trace gpu-kit clean
 
 deps:  ## system packages the stack and the tests need (Debian/Ubuntu; skipped when present)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,8 +47,11 @@ profile:  ## where one job's time goes (pyinstrument + hop-by-hop timeline)
 trace:  ## finer hops from timestamps inside the API and worker processes (Celery delivery split)
 	$(BIN)/python -m benchmarks.hop_trace
 
+gpu-kit:  ## pack .gpu/ for a GPU machine without network; there: bash benchmarks/gpu/run.sh (docs/performance.md)
+	PYTHON=$(BIN)/python bash benchmarks/gpu/kit.sh
+
 train-demo:  ## retrain the demo model (about 10 minutes on 2 cores)
 	$(BIN)/python -m training.train_demo --out models/store/shapes/1
 
 clean:
-	rm -rf demo_out .segcam .pytest_cache .ruff_cache
+	rm -rf demo_out .segcam .pytest_cache .ruff_cache .gpu

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.rounds):
             for pinned in (False, True):
-                lim = run.limit(bench.store, model, imgs, args.seconds / 2)
+                lim = bench.limit(model, "realistic", args.seconds / 2)
                 lim.pop("reference")
                 procs, url = bench.segcam(models=model)
                 try:

@@ -31,8 +31,9 @@ def markdown(run: dict) -> str:
         f"Machine: {m.get('cpu')}"
         + (f" ({', '.join(m['cpu_features']) or 'no avx2/avx512'})" if "cpu_features" in m else "")
         + f", {m.get('cores')} cores, device {m.get('device')}; torch {m.get('torch')}, "
-        f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; "
-        f"{_f(args.get('seconds'), 0)} s per timed run. One worker unless stated.",
+        f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; post-processing "
+        f"threads: {run.get('postprocess_threads', 1)}; {_f(args.get('seconds'), 0)} s per timed run. One worker "
+        "unless stated.",
         "",
     ]
     targets = []
@@ -157,11 +158,21 @@ def markdown(run: dict) -> str:
         ]
         targets.append(("worker RSS drift over the run", "<= 5 %", f"{_f(mem['drift_pct'], 2)} %",
                         abs(mem["drift_pct"]) <= 5))  # fmt: skip
+        if gpu := mem.get("gpu"):
+            drift = gpu["drift_pct"]
+            out += [
+                f"GPU memory of the pool child (driver's view, allocator reserve included): {_f(gpu['start_mb'], 0)} "
+                f"MB after 200 jobs, {_f(gpu['end_mb'], 0)} MB at the end: drift **{_f(drift, 2)} %**. Samples (jobs, "
+                f"MB): {', '.join(f'{j}: {_f(r, 0)}' for j, r in gpu['samples_mb'])}.",
+                "",
+            ]
+            targets.append(("worker GPU memory drift over the run", "flat (<= 5 %)", f"{_f(drift, 2)} %",
+                            drift is not None and abs(drift) <= 5))  # fmt: skip
     if rows := s.get("batching"):
         base_lim = rows[0]["limit"]["images_per_s"]
         base_seg = rows[0]["segcam"]["throughput_per_s"]
         out += [
-            "## Batch sizes (realistic model)",
+            f"## Batch sizes (realistic model, {m.get('device')})",
             "",
             "| max batch | in-process images/s | x batch 1 | segcam images/s | x batch 1 | mean batch formed "
             "| segcam p50 / p99 ms | clients |",
@@ -176,14 +187,23 @@ def markdown(run: dict) -> str:
                 f"| {seg['clients']} |"
             )
         out.append("")
+        if str(m.get("device", "")).startswith("cuda"):
+            by = {r["batch"]: r["segcam"]["throughput_per_s"] for r in rows}
+            if 1 in by and 8 in by:
+                targets.append(("GPU: batch 8 over batch 1, realistic model, fp32 CAM (segcam)", ">= 2x",
+                                f"{by[8] / by[1]:.2f}x", by[8] / by[1] >= 2))  # fmt: skip
     if prec := s.get("precision"):
         out += [
-            "## Forward pass: memory layout and autocast (realistic model, batch 1)",
+            "## Forward pass: memory layout and autocast (realistic model)",
             "",
-            "| layout | dtype | forward ms | argmax agreement with fp32 |",
-            "|---|---|---|---|",
+            "| batch | layout | dtype | forward ms | argmax agreement with fp32 |",
+            "|---|---|---|---|---|",
         ]
-        out += [f"| {r['layout']} | {r['dtype']} | {_f(r['forward_ms'])} | {r['mask_agreement']:.4f} |" for r in prec]
+        out += [
+            f"| {r.get('batch', 1)} | {r['layout']} | {r['dtype']} | {_f(r['forward_ms'])} "
+            f"| {r['mask_agreement']:.4f} |"
+            for r in prec
+        ]
         out.append("")
     if bb := s.get("bf16_backbone"):
         out += [

@@ -122,17 +122,20 @@ class Procs:
 # ---------------------------------------------------------------- sections
 
 
-def limit(store: Path, model: str, imgs: list[bytes], seconds: float, batch: int = 1) -> dict:
-    """The worker's own pipeline in a tight loop: the ceiling for one worker."""
+def limit(
+    store: Path, model: str, imgs: list[bytes], seconds: float, batch: int = 1, device: str = "cpu", threads: int = 1
+) -> dict:
+    """The worker's own pipeline in a tight loop: the ceiling for one worker (on ``device``, with
+    ``threads`` post-processing threads, as the bench's workers get them)."""
     import torch
 
     from shared.model_store import ModelStore
     from shared.schemas import Method
     from worker.loader import load_model
-    from worker.pipeline import Item, Pipeline, default_threads
+    from worker.pipeline import Item, Pipeline
 
     ms = ModelStore(store)
-    pipe = Pipeline(load_model(ms, ms.resolve(model), torch.device("cpu")), default_threads())  # as a worker would
+    pipe = Pipeline(load_model(ms, ms.resolve(model), torch.device(device)), threads)
     reference = [explanation_key(pipe.run([Item("r", im)], Method.gradcam)[0].explanation.model_dump()) for im in imgs]
     n, k, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -373,6 +376,33 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def gpu_memory_mb(pid: int) -> float | None:
+    """The GPU memory a process holds as the driver sees it (what ``nvidia-smi`` lists: the
+    caching allocator's reserve included), or None where no driver answers for it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return float(fields[1])
+    return None
+
+
+def bench_device(setting: str) -> str:
+    """``auto``: the first GPU when torch sees one. A GPU asked for and absent is an error: a
+    GPU benchmark that quietly ran on the CPU would record the wrong machine."""
+    import torch
+
+    if setting == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {setting}: torch sees no GPU on this machine")
+    return setting
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
@@ -383,7 +413,15 @@ def children(pid: int) -> list[int]:
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
+        from worker.pipeline import default_threads
+
         self.args = args
+        torch.set_num_threads(args.threads)
+        self.device = bench_device(getattr(args, "device", "cpu"))
+        # One count everywhere: the in-process limit, the workers and the direct endpoint.
+        self.post_threads = getattr(args, "postprocess_threads", 0) or default_threads(torch.device(self.device))
         self.tmp = Path(tempfile.mkdtemp(prefix="segcam-bench-"))
         self.store = build_store(self.tmp / "store")
         self.imgs = {k: images(size) for k, (_, size) in MODELS.items()}
@@ -400,7 +438,8 @@ class Bench:
     def env(self, **extra) -> dict[str, str]:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         return {"SEGCAM_REDIS_URL": self.redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_MODEL_DIR": str(self.store),
-                "SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": str(self.args.threads), "SEGCAM_LOG_LEVEL": "WARNING",
+                "SEGCAM_DEVICE": self.device, "SEGCAM_TORCH_THREADS": str(self.args.threads),
+                "SEGCAM_POSTPROCESS_THREADS": str(self.post_threads), "SEGCAM_LOG_LEVEL": "WARNING",
                 "SEGCAM_WORKER_HEARTBEAT_S": "1", **{k: str(v) for k, v in extra.items()}}  # fmt: skip
 
     def segcam(self, workers: int = 1, models: str = "", **extra) -> tuple[Procs, str]:
@@ -423,7 +462,7 @@ class Bench:
                 r.delete(key)
 
     def direct(self, model: str) -> tuple[Procs, str]:
-        procs = Procs(self.env(BENCH_MODEL_DIR=str(self.store), BENCH_MODEL=model), self.tmp)
+        procs = Procs(self.env(BENCH_MODEL_DIR=str(self.store), BENCH_MODEL=model, BENCH_DEVICE=self.device), self.tmp)
         port = free_port()
         procs.spawn("direct", ["python", "-m", "uvicorn", "benchmarks.direct_app:app", "--host", "127.0.0.1",
                                "--port", str(port), "--log-level", "warning"])  # fmt: skip
@@ -431,6 +470,9 @@ class Bench:
         procs.wait_http(f"{url}/docs", timeout=120)
         procs.prefix = "none"
         return procs, url
+
+    def limit(self, model: str, key: str, seconds: float, batch: int = 1) -> dict:
+        return limit(self.store, model, self.imgs[key], seconds, batch, self.device, self.post_threads)
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -444,7 +486,7 @@ class Bench:
         d = self.args.seconds
         for key, (model, _) in MODELS.items():
             self.log(f"limit: {key}")
-            lim = limit(self.store, model, self.imgs[key], d / 2)
+            lim = self.limit(model, key, d / 2)
             ref = lim.pop("reference")
             self.refs[key] = ref
             runs = {}
@@ -471,7 +513,7 @@ class Bench:
                         self.cleanup(procs)
                     if label == "segcam_saturated":
                         self.log(f"limit again: {key}")
-                        limits.append(limit(self.store, model, self.imgs[key], d / 2)["images_per_s"])
+                        limits.append(self.limit(model, key, d / 2)["images_per_s"])
             self.log(f"direct FastAPI: {key}")
             procs, url = self.direct(model)
             try:
@@ -498,7 +540,7 @@ class Bench:
             if f"compare_{key}" in self.out["sections"]:
                 capacity = self.out["sections"][f"compare_{key}"]["limit"]["images_per_s"]
             else:  # overload on its own: measure the capacity (and the reference results) here
-                lim = limit(self.store, model, self.imgs[key], d / 2)
+                lim = self.limit(model, key, d / 2)
                 self.refs[key] = lim.pop("reference")
                 capacity = lim["images_per_s"]
             rate = self.args.overload_factor * capacity
@@ -546,7 +588,7 @@ class Bench:
         procs, url = self.segcam(models="shapes")
         try:
             main = procs.procs["worker0"].pid
-            samples = []
+            samples, gpu = [], []
             done = 0
             imgs = self.imgs["demo"]
             with httpx.Client(base_url=url, timeout=60) as c:
@@ -560,6 +602,8 @@ class Bench:
                     if done % 200 == 0:
                         child = children(main)
                         samples.append((done, rss_mb(child[0]) if child else float("nan")))
+                        if self.device.startswith("cuda") and child:
+                            gpu.append((done, gpu_memory_mb(child[0])))
         finally:
             self.cleanup(procs)
         base = next(rss for jobs, rss in samples if jobs >= 200)
@@ -567,6 +611,12 @@ class Bench:
             "jobs": done, "samples_mb": samples, "start_mb": base, "end_mb": samples[-1][1],
             "drift_pct": 100 * (samples[-1][1] - base) / base,
         }  # fmt: skip
+        if gpu:
+            held = [mb for jobs, mb in gpu if jobs >= 200 and mb is not None]
+            self.out["sections"]["memory"]["gpu"] = {
+                "samples_mb": gpu, "start_mb": held[0] if held else None, "end_mb": held[-1] if held else None,
+                "drift_pct": 100 * (held[-1] - held[0]) / held[0] if held else None,
+            }  # fmt: skip
 
     def run_batching(self) -> None:
         import torch
@@ -576,7 +626,7 @@ class Bench:
         rows = []
         for b in (1, 2, 4, 8):
             self.log(f"batch {b}")
-            lim = limit(self.store, model, self.imgs[key], self.args.seconds / 2, batch=b)
+            lim = self.limit(model, key, self.args.seconds / 2, batch=b)
             lim.pop("reference")
             procs, url = self.segcam(models=model, SEGCAM_MAX_BATCH_SIZE=b)
             try:
@@ -587,7 +637,8 @@ class Bench:
         self.out["sections"]["batching"] = rows
 
     def run_precision(self) -> None:
-        """channels_last and bf16 autocast for the segmentation forward (the CAM path stays fp32)."""
+        """channels_last and autocast for the segmentation forward (the CAM path stays fp32):
+        bf16 on the CPU; bf16 and fp16 on a GPU, at batch 1 and 8 (where batching is the point)."""
         import torch
 
         from shared.model_store import ModelStore
@@ -596,34 +647,42 @@ class Bench:
 
         self.log("precision and memory layout")
         torch.set_num_threads(self.args.threads)
+        device = torch.device(self.device)
+        cuda = device.type == "cuda"
         ms = ModelStore(self.store)
-        loaded = load_model(ms, ms.resolve("deeplab"), torch.device("cpu"))
+        loaded = load_model(ms, ms.resolve("deeplab"), device)
         from PIL import Image
 
-        x = Pipeline(loaded).preprocess([Image.open(io.BytesIO(self.imgs["realistic"][0])).convert("RGB")])
+        image = Image.open(io.BytesIO(self.imgs["realistic"][0])).convert("RGB")
         net = loaded.module
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, **({"fp16": torch.float16} if cuda else {})}
         rows = []
-        for layout in ("contiguous", "channels_last"):
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            net.to(memory_format=fmt)
-            xi = x.contiguous(memory_format=fmt)
-            for dtype in ("fp32", "bf16"):
+        for batch in (1, 8) if cuda else (1,):
+            x = Pipeline(loaded).preprocess([image] * batch)
+            for layout in ("contiguous", "channels_last"):
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                net.to(memory_format=fmt)
+                xi = x.contiguous(memory_format=fmt)
+                ref = None
+                for dtype, dt in dtypes.items():
 
-                def fwd(inp=xi, bf16=dtype == "bf16"):
-                    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        return net(inp)
+                    def fwd(inp=xi, dt=dt):
+                        with torch.no_grad(), torch.autocast(device.type, dtype=dt or torch.float32, enabled=bool(dt)):
+                            return net(inp)
 
-                fwd()
-                t0, n = time.perf_counter(), 0
-                while time.perf_counter() - t0 < max(2.0, self.args.seconds / 4):
                     out = fwd()
-                    n += 1
-                with torch.no_grad():
-                    ref = net(x) if dtype == "bf16" else None
-                agree = float((out.float().argmax(1) == ref.argmax(1)).float().mean()) if ref is not None else 1.0
-                rows.append({"layout": layout, "dtype": dtype, "forward_ms": 1000 * (time.perf_counter() - t0) / n,
-                             "mask_agreement": agree})  # fmt: skip
-        net.to(memory_format=torch.contiguous_format)
+                    ref = out if ref is None else ref  # fp32 comes first
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    t0, n = time.perf_counter(), 0
+                    while time.perf_counter() - t0 < max(2.0, self.args.seconds / 4):
+                        out = fwd()
+                        n += 1
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    agree = float((out.float().argmax(1) == ref.float().argmax(1)).float().mean())
+                    rows.append({"batch": batch, "layout": layout, "dtype": dtype, "mask_agreement": agree,
+                                 "forward_ms": 1000 * (time.perf_counter() - t0) / n})  # fmt: skip
         self.out["sections"]["precision"] = rows
         self.out["sections"]["bf16_backbone"] = self.bf16_backbone_jobs(ms)
 
@@ -639,7 +698,8 @@ class Bench:
 
         rows = []
         for key, (model, _) in MODELS.items():
-            pipes = [Pipeline(load_model(ms, ms.resolve(model), torch.device("cpu"), True, b)) for b in (False, True)]
+            loaded = [load_model(ms, ms.resolve(model), torch.device(self.device), True, b) for b in (False, True)]
+            pipes = [Pipeline(m, self.post_threads) for m in loaded]
             items = [Item(str(i), im) for i, im in enumerate(self.imgs[key][:8])]
             timed = []
             for pipe in pipes:
@@ -664,7 +724,7 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     """The host as far as the figures depend on it. Hosts behind the same model name differ: the
     vector extensions decide, e.g., whether bf16 is fast (avx512_bf16, amx) or emulated."""
     cpu, flags = "unknown", set()
@@ -681,7 +741,7 @@ def machine() -> dict:
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
     return {"cpu": cpu, "cpu_features": [f for f in wanted if f in flags], "cores": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "device": "cuda:0 " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}  # fmt: skip
+            "device": f"{device} {torch.cuda.get_device_name(device)}" if "cuda" in device else "cpu"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -690,6 +750,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs (5 s), fewer memory jobs")
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of each timed run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, everywhere (the same in every section)")
+    ap.add_argument(
+        "--device", default="auto", help="auto (the first GPU when there is one), cpu, cuda:N: every section"
+    )
+    ap.add_argument("--postprocess-threads", type=int, default=0,
+                    help="post-processing threads, everywhere; 0: a worker's default on --device")  # fmt: skip
     ap.add_argument("--overload-factor", type=float, default=4.0)
     ap.add_argument("--memory-jobs", type=int, default=2000)
     ap.add_argument("--only", help="comma-separated sections: compare,overload,gateway,memory,batching,precision")
@@ -703,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench = Bench(args)
     started = datetime.now(UTC)
-    bench.out.update(machine=machine(), started=started.isoformat(timespec="seconds"), args=vars(args))
+    bench.out.update(machine=machine(bench.device), started=started.isoformat(timespec="seconds"), args=vars(args),
+                     postprocess_threads=bench.post_threads)  # fmt: skip
     try:
         if "compare" in only:
             bench.run_limit_and_http()

@@ -1,14 +1,16 @@
-"""The encode stage (label maps, statistics, PNGs) by thread count and batch size, side by side.
+"""A batch's CPU stages (decoding and resizing; label maps, statistics, PNGs) by thread count
+and batch size, side by side.
 
     python -m benchmarks.postprocess                       # threads 1, 2, 4; batches 1, 4, 8
     python -m benchmarks.postprocess --against 1a2b3c4     # also that commit's pipeline, 1 thread
 
-On a GPU the forward and the CAM of a batch of 8 take milliseconds while its post-processing
-is CPU work, which ran image after image: this measures how much of it the worker's thread
-pool (``SEGCAM_POSTPROCESS_THREADS``) takes back. The forward and the CAM run once per model
-and batch; only the stage after them is timed, in alternating rounds so that the machine's
-drift hits every variant. Every variant's results are checked byte for byte against one
-thread's. Prints a table and writes ``benchmarks/results/postprocess-<utc-time>.json``.
+On a GPU the forward and the CAM of a batch of 8 take milliseconds while the work before and
+after them is CPU work, which ran image after image: this measures how much of it the
+worker's thread pool (``SEGCAM_POSTPROCESS_THREADS``) takes back. The forward and the CAM run
+once per model and batch; only the stages around them are timed, in alternating rounds so
+that the machine's drift hits every variant. Every variant's results are checked (tensors
+equal, artifacts byte for byte) against one thread's. Prints a table and writes
+``benchmarks/results/postprocess-<utc-time>.json``.
 """
 
 from __future__ import annotations
@@ -42,24 +44,58 @@ def pipeline_at(rev: str):
     return module
 
 
-def now(pipe, images, out) -> list:
-    return pipe._postprocess(images, out.logits, out.cams, out.targets, Method.gradcam)
+def encode(pipe, images, out) -> list:
+    return [(r.artifacts, r.classes, r.explanation) for r in pipe._postprocess(
+        images, out.logits, out.cams, out.targets, Method.gradcam)]  # fmt: skip
 
 
-def before(pipe, images, out) -> list:
+def encode_before(pipe, images, out) -> list:
     """The pipeline before the thread pool: one image at a time."""
     return [
-        pipe._postprocess(im, out.logits[i : i + 1], out.cams[i], out.targets[i], Method.gradcam)
-        for i, im in enumerate(images)
-    ]
+        (r.artifacts, r.classes, r.explanation)
+        for r in (pipe._postprocess(im, out.logits[i : i + 1], out.cams[i], out.targets[i], Method.gradcam)
+                  for i, im in enumerate(images))
+    ]  # fmt: skip
+
+
+def preprocess(pipe, data: list[bytes]):
+    from shared.imaging import decode_rgb
+
+    return pipe.preprocess(pipe._map(decode_rgb, data)).cpu()
+
+
+def preprocess_before(pipe, data: list[bytes]):
+    from shared.imaging import decode_rgb
+
+    return pipe.preprocess([decode_rgb(d) for d in data]).cpu()
+
+
+def same(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def timed(variants: dict, rounds: int, per_call: int) -> dict[str, list[float]]:
+    """ms per image of each variant, one figure per round; rounds alternate between variants."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0, n = time.perf_counter(), 0
+            while n < 3 or time.perf_counter() - t0 < 0.5:
+                fn()
+                n += 1
+            times[name].append(1000 * (time.perf_counter() - t0) / n / per_call)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.postprocess", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--threads", default="1,2,4", help="post-processing thread counts to compare")
+    ap.add_argument("--threads", default="1,2,4", help="thread counts to compare")
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--device", default="auto", help="where the model runs: auto (the first GPU if any), cpu, cuda:N")
     ap.add_argument("--against", help="a commit whose pipeline runs too (one thread), e.g. before a change")
     args = ap.parse_args(argv)
     import torch
@@ -71,50 +107,54 @@ def main(argv: list[str] | None = None) -> int:
     from worker.pipeline import Pipeline
 
     torch.set_num_threads(1)  # the forward's threads are not what is measured
+    device = run.bench_device(args.device)
     then = pipeline_at(args.against) if args.against else None
     bench = run.Bench(argparse.Namespace(threads=1, seconds=0))
     rows = []
-    print("| model | batch | variant | encode stage, ms per image (median of rounds) | speed-up |")
-    print("|---|---|---|---|---|")
+    print(f"Device {device}; ms per image, median of {args.rounds} alternating rounds.\n")
+    print("| model | batch | stage | variant | ms per image | speed-up |")
+    print("|---|---|---|---|---|---|")
     try:
         for key, (model, _) in run.MODELS.items():
             ms = ModelStore(bench.store)
-            loaded = load_model(ms, ms.resolve(model), torch.device("cpu"))
+            loaded = load_model(ms, ms.resolve(model), torch.device(device))
             for b in map(int, args.batches.split(",")):
-                images = [decode_rgb(bench.imgs[key][i % len(bench.imgs[key])]) for i in range(b)]
-                x = Pipeline(loaded).preprocess(images)
-                out = explain(loaded.module, loaded.target_layer, x, [None] * b, Method.gradcam,
-                              clock=time.perf_counter, input_grad=loaded.needs_input_grad)  # fmt: skip
-                variants = {
-                    f"{n} thread{'s' if n > 1 else ''}": partial(now, Pipeline(loaded, n), images, out)
-                    for n in map(int, args.threads.split(","))
+                data = [bench.imgs[key][i % len(bench.imgs[key])] for i in range(b)]
+                images = [decode_rgb(d) for d in data]
+                out = explain(loaded.module, loaded.target_layer, Pipeline(loaded).preprocess(images), [None] * b,
+                              Method.gradcam, clock=time.perf_counter, input_grad=loaded.needs_input_grad)  # fmt: skip
+                pipes = {
+                    f"{n} thread{'s' if n > 1 else ''}": Pipeline(loaded, n) for n in map(int, args.threads.split(","))
+                }
+                stages = {
+                    "decode + preprocess": {name: partial(preprocess, p, data) for name, p in pipes.items()},
+                    "encode": {name: partial(encode, p, images, out) for name, p in pipes.items()},
                 }
                 if then is not None:
-                    variants[f"{args.against}, 1 thread"] = partial(before, then.Pipeline(loaded), images, out)
-                reference = None
-                for name, fn in variants.items():
-                    got = [(r.artifacts, r.classes, r.explanation) for r in fn()]
-                    reference = reference or got
-                    if got != reference:
-                        raise SystemExit(f"{key} batch {b}: {name} gives other results than one thread")
-                times: dict[str, list[float]] = {name: [] for name in variants}
-                for _ in range(args.rounds):
+                    stages["decode + preprocess"][f"{args.against}, 1 thread"] = partial(
+                        preprocess_before, then.Pipeline(loaded), data
+                    )
+                    stages["encode"][f"{args.against}, 1 thread"] = partial(
+                        encode_before, then.Pipeline(loaded), images, out
+                    )
+                for stage, variants in stages.items():
+                    reference = None
                     for name, fn in variants.items():
-                        t0, n = time.perf_counter(), 0
-                        while n < 3 or time.perf_counter() - t0 < 0.5:
-                            fn()
-                            n += 1
-                        times[name].append(1000 * (time.perf_counter() - t0) / n / b)
-                base = statistics.median(times[next(iter(variants))])
-                for name, ts in times.items():
-                    med = statistics.median(ts)
-                    rows.append({"model": key, "batch": b, "variant": name, "ms_per_image": med,
-                                 "rounds_ms": ts, "speedup": base / med})  # fmt: skip
-                    print(f"| {key} | {b} | {name} | {med:.2f} | {base / med:.2f}x |", flush=True)
+                        got = fn()
+                        reference = got if reference is None else reference
+                        if not same(got, reference):
+                            raise SystemExit(f"{key} batch {b} {stage}: {name} gives other results than one thread")
+                    times = timed(variants, args.rounds, b)
+                    base = statistics.median(times[next(iter(variants))])
+                    for name, ts in times.items():
+                        med = statistics.median(ts)
+                        rows.append({"model": key, "batch": b, "stage": stage, "variant": name, "ms_per_image": med,
+                                     "rounds_ms": ts, "speedup": base / med})  # fmt: skip
+                        print(f"| {key} | {b} | {stage} | {name} | {med:.2f} | {base / med:.2f}x |", flush=True)
     finally:
         bench.close()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = {"machine": run.machine(), "args": vars(args), "rows": rows}
+    out = {"machine": run.machine(device), "args": vars(args), "rows": rows}
     path = run.RESULTS / f"postprocess-{stamp}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\n{path.relative_to(run.ROOT)}")

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # and claims it itself: no Celery hand-off at low load (worker/linger.py). 0: off.
     linger_ms: float = 250.0
     torch_threads: int = 0  # 0: leave torch's default
-    # Threads sharing a batch's post-processing (label maps, statistics, PNG encoding): CPU work
+    # Threads sharing a batch's CPU work (decoding, resizing; label maps, statistics, PNGs): work
     # that a GPU would otherwise wait for image after image. 0: at most 8; on the CPU torch's
     # thread count, beside a GPU the process's cores.
     postprocess_threads: int = Field(0, ge=0)

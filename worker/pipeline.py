@@ -57,9 +57,9 @@ def default_threads(device: torch.device) -> int:
 
 
 class Pipeline:
-    """``threads``: how many threads share a batch's post-processing (label maps, statistics,
-    PNGs; torch, numpy and Pillow release the GIL there). On a GPU the encoding is CPU work
-    that would otherwise run image after image while the device waits."""
+    """``threads``: how many threads share a batch's CPU work around the forward pass (decoding
+    and resizing; label maps, statistics, PNGs: torch, numpy and Pillow release the GIL there).
+    On a GPU that work would otherwise run image after image while the device waits."""
 
     def __init__(self, model: LoadedModel, threads: int = 1) -> None:
         self.model = model
@@ -74,7 +74,7 @@ class Pipeline:
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         h, w = self.model.manifest.input_size
-        arr = np.stack([np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.uint8) for im in images])
+        arr = np.stack(self._map(lambda im: np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.uint8), images))
         x = torch.from_numpy(arr).to(self.model.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self.model.mean) / self.model.std
         return x.contiguous(memory_format=torch.channels_last) if self.model.channels_last else x.contiguous()
@@ -88,7 +88,7 @@ class Pipeline:
 
         stage("preprocess")
         t0 = self.clock()
-        images = [decode_rgb(it.data) for it in items]
+        images = self._map(decode_rgb, [it.data for it in items])
         x = self.preprocess(images)
         t1 = self.clock()
 
@@ -122,18 +122,13 @@ class Pipeline:
 
     def _postprocess(self, images, logits: torch.Tensor, cams: np.ndarray, targets, method) -> list[ItemResult]:
         """Each image's two independent halves (label map with its statistics and mask; heatmap
-        with the overlay) go to the pool. The first failure is raised and cancels what has not
-        started."""
+        with the overlay) go to the pool."""
         pending = []
         for i, image in enumerate(images):
             # logits[i : i + 1] keeps the batch's memory layout (see _labels_and_stats)
             pending.append(self.pool.submit(self._segmentation, logits[i : i + 1], image.size))
             pending.append(self.pool.submit(self._heat, image, cams[i]))
-        try:
-            parts = [f.result() for f in pending]
-        finally:
-            for f in pending:
-                f.cancel()
+        parts = _results(pending)
         results = []
         for i, image in enumerate(images):
             (labels, stats, mask), (heat, heat_png, overlay) = parts[2 * i], parts[2 * i + 1]
@@ -141,6 +136,11 @@ class Pipeline:
             artifacts = {"mask": mask, "heatmap": heat_png, "overlay": overlay}
             results.append(ItemResult(image.size[0], image.size[1], stats, explanation, artifacts, cams[i], labels))
         return results
+
+    def _map(self, fn: Callable, xs: list) -> list:
+        if len(xs) == 1:  # nothing to share: a hand-off would only add its own cost
+            return [fn(xs[0])]
+        return _results([self.pool.submit(fn, x) for x in xs])
 
     def _segmentation(self, logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, list[ClassStat], bytes]:
         W, H = size
@@ -223,6 +223,17 @@ class _Inline:
 
 
 _INLINE = _Inline()
+
+
+def _results(pending: list[Future]) -> list:
+    """Each future's result in order; the first failure is raised and cancels what has not started."""
+    try:
+        return [f.result() for f in pending]
+    finally:
+        for f in pending:
+            f.cancel()
+
+
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 

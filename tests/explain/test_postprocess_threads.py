@@ -1,8 +1,8 @@
-"""Post-processing on several threads gives the same bytes as on one, and fails the same way.
+"""A batch's CPU work on several threads gives the same bytes as on one, and fails the same way.
 
-A batch's label maps, statistics and PNGs are shared out to a thread pool (a GPU worker would
-otherwise encode image after image while the device waits); nothing about a result may
-depend on which thread made it.
+Decoding and resizing, then label maps, statistics and PNGs are shared out to a thread pool
+(a GPU worker would otherwise do them image after image while the device waits); nothing
+about a result may depend on which thread made it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.imaging import ImageRejected, decode_rgb
 from shared.schemas import Method
 from tests.explain.conftest import png
 from training.shapes import held_out
@@ -43,6 +44,18 @@ def test_threaded_post_processing_equals_one_thread(demo_model, items, threads):
     assert [r.width for r in many] == [r.width for r in one] and many[-1].width == 300
     for a, b in zip(one, many, strict=True):
         same(a, b)
+
+
+def test_threaded_decoding_gives_the_same_input(demo_model, items):
+    images = [decode_rgb(it.data) for it in items]
+    assert torch.equal(Pipeline(demo_model, 1).preprocess(images), Pipeline(demo_model, 3).preprocess(images))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_undecodable_image_in_a_batch_is_rejected_on_any_thread_count(demo_model, items, threads):
+    broken = [*items[:2], Item("bad", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64), *items[2:]]
+    with pytest.raises(ImageRejected):
+        Pipeline(demo_model, threads).run(broken, Method.gradcam)
 
 
 def test_logits_over_the_budget_are_copied_not_overwritten(demo_model, items, monkeypatch):

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
+TARGET=${KIT_PYTHON_VERSION:-3.12}  # the GPU image's Python
 rm -rf .gpu && mkdir -p .gpu/whl .gpu/bin .gpu/lib
 # The gateway's and the worker's packages that the image lacks, at the versions pyproject pins
 # (and what they need). grad-cam and ttach publish no wheel for every version: built here.
@@ -22,7 +23,7 @@ for n in 2_28 2_27 2_17 2014 1; do
   case $n in 2014|1) PLATFORMS+=(--platform "manylinux${n}_x86_64");; *) PLATFORMS+=(--platform "manylinux_${n}_x86_64");; esac
 done
 for p in 2_31 2_34 2_35 2_39; do PLATFORMS+=(--platform "manylinux_${p}_x86_64"); done
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$TARGET" --implementation cp \
   "${PLATFORMS[@]}" -d .gpu/whl "${PKGS[@]}"
 "$PY" -m pip wheel -q --no-deps -w .gpu/whl grad-cam==1.5.7 ttach==0.0.3
 # Redis: the binary and the libraries of its that are not in every image.

@@ -2,7 +2,9 @@
 # segcam's GPU checks and benchmark, on a machine with a GPU and no network whose python3
 # already holds torch and torchvision (run benchmarks/gpu/kit.sh first where pip works, and
 # bring .gpu/ along). About 6 minutes on one H100. Results go to $OUT (default /tmp/segcam-gpu).
+# DEVICE=cpu rehearses the same steps where there is no GPU (no CUDA check then).
 set -uo pipefail
+DEVICE=${DEVICE:-cuda:0}
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/segcam-gpu}
 mkdir -p "$OUT"
@@ -10,11 +12,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/segcam-site:$PWD PATH=$PWD/.gpu/bin:$PATH PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -m benchmarks.gpu.check_cuda 2>&1 | tee "$OUT/check.txt" || exit 1
-python3 -m benchmarks.run --device cuda:0 --only batching,memory,precision --seconds "${SECONDS_PER_RUN:-10}" \
+if [[ $DEVICE == cuda* ]]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+  python3 -m benchmarks.gpu.check_cuda 2>&1 | tee "$OUT/check.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || exit 1
+fi
+python3 -m benchmarks.run --device "$DEVICE" --only batching,memory,precision --seconds "${SECONDS_PER_RUN:-10}" \
   --memory-jobs "${MEMORY_JOBS:-1000}" 2>&1 | tee "$OUT/bench.txt"
 cp benchmarks/results/latest.md "$OUT/bench.md"
 cp "$(ls -t benchmarks/results/2*.json | head -1)" "$OUT/bench.json"
-python3 -m benchmarks.postprocess --threads 1,4,8 --rounds 4 2>&1 | tee "$OUT/postprocess.txt"
+python3 -m benchmarks.postprocess --device "$DEVICE" --threads 1,4,8 --rounds 4 2>&1 | tee "$OUT/postprocess.txt"
 cp "$(ls -t benchmarks/results/postprocess-*.json | head -1)" "$OUT/postprocess.json"

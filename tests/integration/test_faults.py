@@ -175,7 +175,8 @@ def test_pool_children_killed_repeatedly_with_fifty_jobs_in_flight_lose_nothing(
             for main in chaos.workers.values():
                 for pid in children(main.pid):
                     first = seen.setdefault(pid, time.monotonic())
-                    if time.monotonic() - first > 1.2 and rng.random() < 0.7:  # let a new child finish its rerun
+                    # a new child loads its model first (slower on a busy machine), then must get to finish its rerun
+                    if time.monotonic() - first > 1.5 and rng.random() < 0.7:
                         try:
                             os.kill(pid, signal.SIGKILL)
                             kills.append(pid)

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks import run
+from shared.imaging import decode_rgb
 from shared.schemas import Method
 
 
@@ -59,14 +60,10 @@ def encode_before(pipe, images, out) -> list:
 
 
 def preprocess(pipe, data: list[bytes]):
-    from shared.imaging import decode_rgb
-
     return pipe.preprocess(pipe._map(decode_rgb, data)).cpu()
 
 
 def preprocess_before(pipe, data: list[bytes]):
-    from shared.imaging import decode_rgb
-
     return pipe.preprocess([decode_rgb(d) for d in data]).cpu()
 
 
@@ -100,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from shared.imaging import decode_rgb
     from shared.model_store import ModelStore
     from worker.cam import explain
     from worker.loader import load_model

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # segcam's GPU checks and benchmark, on a machine with a GPU and no network whose python3
 # already holds torch and torchvision (run benchmarks/gpu/kit.sh first where pip works, and
-# bring .gpu/ along). About 6 minutes on one H100. Results go to $OUT (default /tmp/segcam-gpu).
+# bring .gpu/ along). Estimated at 6 minutes on one H100 (not yet measured). Results go to $OUT (default /tmp/segcam-gpu).
 # DEVICE=cpu rehearses the same steps where there is no GPU (no CUDA check then).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda:0}

@@ -392,15 +392,15 @@ def gpu_memory_mb(pid: int) -> float | None:
 
 
 def bench_device(setting: str) -> str:
-    """``auto``: the first GPU when torch sees one. A GPU asked for and absent is an error: a
-    GPU benchmark that quietly ran on the CPU would record the wrong machine."""
-    import torch
+    """The worker's own rule (``auto``: the first GPU when there is one). A GPU asked for and
+    absent stops the run: a GPU benchmark that quietly ran on the CPU would record the wrong
+    machine."""
+    from worker.device import DeviceUnavailable, resolve_device
 
-    if setting == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {setting}: torch sees no GPU on this machine")
-    return setting
+    try:
+        return resolve_device(setting)
+    except DeviceUnavailable as e:
+        raise SystemExit(f"--device {setting}: no GPU usable here: {e}") from None
 
 
 def children(pid: int) -> list[int]:
@@ -654,6 +654,7 @@ class Bench:
         from PIL import Image
 
         image = Image.open(io.BytesIO(self.imgs["realistic"][0])).convert("RGB")
+        clock = Pipeline(loaded).clock  # waits for the GPU's queued work first
         net = loaded.module
         dtypes = {"fp32": None, "bf16": torch.bfloat16, **({"fp16": torch.float16} if cuda else {})}
         rows = []
@@ -672,17 +673,14 @@ class Bench:
 
                     out = fwd()
                     ref = out if ref is None else ref  # fp32 comes first
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    t0, n = time.perf_counter(), 0
+                    t0, n = clock(), 0
                     while time.perf_counter() - t0 < max(2.0, self.args.seconds / 4):
                         out = fwd()
                         n += 1
-                    if cuda:
-                        torch.cuda.synchronize(device)
+                    elapsed = clock() - t0
                     agree = float((out.float().argmax(1) == ref.float().argmax(1)).float().mean())
                     rows.append({"batch": batch, "layout": layout, "dtype": dtype, "mask_agreement": agree,
-                                 "forward_ms": 1000 * (time.perf_counter() - t0) / n})  # fmt: skip
+                                 "forward_ms": 1000 * elapsed / n})  # fmt: skip
         self.out["sections"]["precision"] = rows
         self.out["sections"]["bf16_backbone"] = self.bf16_backbone_jobs(ms)
 

@@ -6,7 +6,6 @@ nothing. Exits 1 on a disagreement, so the GPU run stops before benchmarking wro
 
 from __future__ import annotations
 
-import io
 import sys
 
 import numpy as np
@@ -18,12 +17,7 @@ from shared.settings import ROOT
 from training.shapes import held_out
 from worker.loader import load_model
 from worker.pipeline import Item, Pipeline
-
-
-def png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
+from worker.render import encode_png
 
 
 def main() -> int:
@@ -33,7 +27,7 @@ def main() -> int:
     store = ModelStore(ROOT / "models" / "store")
     manifest = store.resolve("shapes")
     cpu, gpu = (load_model(store, manifest, torch.device(d)) for d in ("cpu", "cuda:0"))
-    items = [Item(str(i), png(s.image)) for i, s in enumerate(held_out(8))]
+    items = [Item(str(i), encode_png(s.image)) for i, s in enumerate(held_out(8))]
     failures = []
     for method in Method:
         ref = Pipeline(cpu).run(items, method)

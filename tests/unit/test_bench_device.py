@@ -6,25 +6,28 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import torch
 
 from benchmarks import run
 from benchmarks.report import markdown
+from worker import device
 
 
 def test_auto_takes_the_first_gpu_when_torch_sees_one(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(device, "count_cuda_devices", lambda: 2)
     assert run.bench_device("auto") == "cuda:0"
     assert run.bench_device("cuda:1") == "cuda:1"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "count_cuda_devices", lambda: 0)
     assert run.bench_device("auto") == "cpu"
     assert run.bench_device("cpu") == "cpu"
 
 
 def test_a_missing_gpu_stops_the_benchmark(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "count_cuda_devices", lambda: 0)
     with pytest.raises(SystemExit, match="no GPU"):
         run.bench_device("cuda:0")
+    monkeypatch.setattr(device, "count_cuda_devices", lambda: 1)
+    with pytest.raises(SystemExit, match="only 1 CUDA device"):
+        run.bench_device("cuda:1")
 
 
 def test_gpu_memory_is_read_for_the_worker_process(monkeypatch):

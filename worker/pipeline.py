@@ -3,6 +3,10 @@
 It works on a batch from the start (a single job is a batch of one), so the worker can
 hand it several queued jobs for the same model and method at once. It knows nothing of
 Redis or Celery: bytes and class IDs in, artifacts and a summary out.
+
+A run is two halves: ``compute`` (decode, preprocess, forward + CAM: the device's part) and
+``finish`` (label maps, statistics, PNGs: the CPU's). ``finish`` touches no GPU, so the
+worker may run one batch's ``finish`` on another thread while the device computes the next.
 """
 
 from __future__ import annotations
@@ -48,6 +52,20 @@ class ItemResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Computed:
+    """A batch after its forward pass: what ``finish`` needs, all of it on the host."""
+
+    images: list[Image.Image]
+    method: Method
+    cams: np.ndarray
+    targets: list
+    logits: torch.Tensor | None  # on the CPU, for the label maps made in ``finish``
+    segmentations: list | None  # beside a GPU, the label maps and statistics made on it
+    timings_ms: dict[str, float]
+    labels_s: float = 0.0  # the time the GPU's label maps took, counted as encoding
+
+
 def default_threads(device: torch.device) -> int:
     """Post-processing threads when not configured, at most 8. On the CPU, as many as torch
     computes with (the worker's share of the cores; the two never run at once); beside a GPU,
@@ -66,6 +84,7 @@ class Pipeline:
         self.labels = model.manifest.labels
         self.cuda = model.device.type == "cuda"
         self.pool = _pool(threads) if threads > 1 else _INLINE
+        self.device_labels = self.cuda  # label maps made in ``compute``, on the device
 
     def clock(self) -> float:
         if self.cuda:
@@ -80,6 +99,9 @@ class Pipeline:
         return x.contiguous(memory_format=torch.channels_last) if self.model.channels_last else x.contiguous()
 
     def run(self, items: list[Item], method: Method, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
+        return self.finish(self.compute(items, method, on_stage), on_stage)
+
+    def compute(self, items: list[Item], method: Method, on_stage: Callable[[str], None] | None = None) -> Computed:
         stage = on_stage or (lambda _s: None)
         num_classes = len(self.labels)
         for it in items:
@@ -105,28 +127,42 @@ class Pipeline:
             backbone_dtype=self.model.backbone_dtype,
         )
         t2 = self.clock()
-
-        stage("encode")
-        te = self.clock()
-        results = self._postprocess(images, out.logits, out.cams, out.targets, method)
-        encode_ms = (self.clock() - te) * 1000 / len(items)
-        shared_ms = {
+        timings = {
             "preprocess_ms": (t1 - t0) * 1000 / len(items),
             "inference_ms": out.forward_s * 1000,
             "cam_ms": (t2 - t1 - out.forward_s) * 1000,
-            "encode_ms": encode_ms,
         }
+        if not self.device_labels:
+            return Computed(images, method, out.cams, out.targets, out.logits, None, timings)
+        # Full-resolution label maps are milliseconds on the GPU and hundreds on the CPU; made
+        # here, they leave ``finish`` nothing to queue behind the next batch's kernels.
+        with torch.no_grad():
+            sizes = [im.size for im in images]
+            segs = [self._labels_and_stats(out.logits[i : i + 1], h, w) for i, (w, h) in enumerate(sizes)]
+        return Computed(images, method, out.cams, out.targets, None, segs, timings, self.clock() - t2)
+
+    def finish(self, computed: Computed, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
+        """The CPU's half; no GPU work, so no wait for another thread's kernels (hence
+        ``perf_counter``, not ``clock``)."""
+        (on_stage or (lambda _s: None))("encode")
+        c = computed
+        te = time.perf_counter()
+        results = self._postprocess(c.images, c.logits, c.cams, c.targets, c.method, c.segmentations)
+        encode_ms = (time.perf_counter() - te + c.labels_s) * 1000 / len(results)
         for res in results:
-            res.timings_ms = dict(shared_ms)
+            res.timings_ms = {**c.timings_ms, "encode_ms": encode_ms}
         return results
 
-    def _postprocess(self, images, logits: torch.Tensor, cams: np.ndarray, targets, method) -> list[ItemResult]:
+    def _postprocess(self, images, logits, cams: np.ndarray, targets, method, segmentations=None) -> list[ItemResult]:
         """Each image's two independent halves (label map with its statistics and mask; heatmap
-        with the overlay) go to the pool."""
+        with the overlay) go to the pool. ``segmentations``: label maps and statistics made
+        already (on a GPU), so only their masks are encoded here."""
         pending = []
         for i, image in enumerate(images):
-            # logits[i : i + 1] keeps the batch's memory layout (see _labels_and_stats)
-            pending.append(self.pool.submit(self._segmentation, logits[i : i + 1], image.size))
+            if segmentations is not None:
+                pending.append(self.pool.submit(self._mask, *segmentations[i]))
+            else:  # logits[i : i + 1] keeps the batch's memory layout (see _labels_and_stats)
+                pending.append(self.pool.submit(self._segmentation, logits[i : i + 1], image.size))
             pending.append(self.pool.submit(self._heat, image, cams[i]))
         parts = _results(pending)
         results = []
@@ -146,6 +182,10 @@ class Pipeline:
         W, H = size
         with torch.no_grad():
             labels, stats = self._labels_and_stats(logits, H, W)
+        return self._mask(labels, stats)
+
+    @staticmethod
+    def _mask(labels: np.ndarray, stats: list[ClassStat]) -> tuple[np.ndarray, list[ClassStat], bytes]:
         return labels, stats, render.mask_png(labels)
 
     def _heat(self, image: Image.Image, cam: np.ndarray) -> tuple[np.ndarray, bytes, bytes]:

@@ -118,3 +118,28 @@ def test_default_threads_follow_torch_on_the_cpu_and_the_cores_beside_a_gpu(monk
         assert default_threads(gpu) == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_label_maps_made_in_compute_give_the_same_results(demo_model, items, threads):
+    """Beside a GPU the label maps are made in ``compute`` (on the device), so ``finish`` has no
+    GPU work to queue behind the next batch's kernels. Forced here on the CPU: same bytes, and
+    ``finish`` gets no logits at all."""
+    one = Pipeline(demo_model, 1).run(items, Method.gradcam)
+    pipe = Pipeline(demo_model, threads)
+    pipe.device_labels = True
+    computed = pipe.compute(items, Method.gradcam)
+    assert computed.logits is None and len(computed.segmentations) == len(items)
+    for a, b in zip(one, pipe.finish(computed), strict=True):
+        same(a, b)
+        assert set(b.timings_ms) == {"preprocess_ms", "inference_ms", "cam_ms", "encode_ms"}
+
+
+def test_compute_then_finish_reports_every_stage_in_order(demo_model, items):
+    seen = []
+    pipe = Pipeline(demo_model, 2)
+    computed = pipe.compute(items[:2], Method.gradcam, on_stage=seen.append)
+    assert seen == ["preprocess", "inference", "cam"]
+    results = pipe.finish(computed, on_stage=seen.append)
+    assert seen[-1] == "encode" and len(results) == 2
+    assert computed.segmentations is None and computed.logits is not None  # on the CPU: made in finish

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # that a GPU would otherwise wait for image after image. 0: at most 8; on the CPU torch's
     # thread count, beside a GPU the process's cores.
     postprocess_threads: int = Field(0, ge=0)
+    # Run one batch's CPU half (label maps, PNGs, storing it) on its own thread while the next
+    # batch computes. auto: beside a GPU only (on the CPU both halves want the same cores).
+    overlap: str = Field("auto", pattern=r"^(auto|on|off)$")
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150
     visibility_timeout_s: int = 600

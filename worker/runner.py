@@ -12,7 +12,12 @@ runner never raises for a bad job, so one bad job cannot take the worker down.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from itertools import groupby
 
 import torch
@@ -29,7 +34,7 @@ from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
 from worker import faults
 from worker.linger import QueueWatch
 from worker.loader import ModelCache, ModelLoadError
-from worker.pipeline import Item, ItemResult, Pipeline
+from worker.pipeline import Computed, Item, ItemResult, Pipeline
 
 log = logging.getLogger("segcam.worker")
 
@@ -54,6 +59,7 @@ class JobRunner:
         linger_ms: float = 0.0,
         watch: QueueWatch | None = None,
         postprocess_threads: int = 1,
+        overlap: bool = False,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
@@ -69,6 +75,8 @@ class JobRunner:
         self.linger_s = max(0.0, linger_ms) / 1000 if watch is not None else 0.0
         self.watch = watch
         self.postprocess_threads = postprocess_threads
+        self.overlap = overlap
+        self._sending = threading.Lock()  # webhooks are queued from the lane's thread too
 
     def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
         """Run what the Celery task ``token`` is owed; returns job ID -> final status. ``hint``: the
@@ -85,11 +93,12 @@ class JobRunner:
             log.warning("token %s was interrupted; running its %d unfinished job(s) again", token, len(taken.job_ids))
             return self._round(token, [[job_id] for job_id in taken.job_ids], taken.loaded)
         outcome: dict[str, str] = {}
+        lane = FinishLane(self) if self.overlap else None
         try:
             while True:
                 while taken.job_ids:
                     batch = self._fill_batch(queue, token, taken)
-                    outcome.update(self._round(token, [batch.job_ids], batch.loaded))
+                    outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane))
                     if time.monotonic() - started >= self.drain_s:
                         return outcome
                     taken = self._backlog(queue, token)
@@ -97,6 +106,8 @@ class JobRunner:
                     return outcome
                 taken = self._backlog(queue, token, hint=heard or None)
         finally:
+            if lane is not None:
+                outcome.update(lane.wait())  # the outcome dict returned above gets it too
             if self.watch is not None:
                 self.watch.stop()
 
@@ -117,14 +128,33 @@ class JobRunner:
             return "" if self.watch.start() else None
         return self.watch.wait(queue, min(time.monotonic() + self.linger_s, started + self.drain_s))
 
-    def _round(self, token: str, batches: list[list[str]], loaded: dict | None = None) -> dict[str, str]:
+    def _round(
+        self, token: str, batches: list[list[str]], loaded: dict | None = None, lane: FinishLane | None = None
+    ) -> dict[str, str]:
         """Run the claimed ``batches`` and record the results, ending the token's claims on them.
-        ``loaded``: records and uploads the claim already brought back (see ``JobStore.take``)."""
+        ``loaded``: records and uploads the claim already brought back (see ``JobStore.take``).
+        With a ``lane``, the batches' CPU half and their completion run there while this thread
+        goes on to the next batch; their outcomes come back with the next round's, or the lane's
+        last ``wait``."""
         outcome: dict[str, str] = {}
         done: list[tuple[JobRecord, Completed]] = []
+        later: list[Finish] = []
         for job_ids in batches:
-            outcome.update(self.run_batch(job_ids, done, loaded))
-        recorded = self.jobs.complete([c for _, c in done], self.artifacts, token=token)
+            outcome.update(self.run_batch(job_ids, done, loaded, later))
+        claims = [j for job_ids in batches for j in job_ids]
+        settle = partial(self._settle, token, claims, later, done)
+        if lane is None:
+            outcome.update(settle())
+        else:
+            outcome.update(lane.hand_off(settle, [f.records for f in later]))
+        return outcome
+
+    def _settle(self, token: str, claims: list[str], later: list[Finish], done: list) -> dict[str, str]:
+        """Finish what ``later`` holds, then store every succeeded job and end the claims."""
+        outcome: dict[str, str] = {}
+        for finish in later:
+            outcome.update(finish())
+        recorded = self.jobs.complete([c for _, c in done], self.artifacts, token=token, claims=claims)
         for (rec, _), ok in zip(done, recorded, strict=True):
             if ok:
                 outcome[rec.id] = "succeeded"
@@ -153,9 +183,12 @@ class JobRunner:
             loaded.update(more.loaded)
         return Taken(False, job_ids, loaded)
 
-    def run_batch(self, job_ids: list[str], done: list, loaded: dict | None = None) -> dict[str, str]:
+    def run_batch(
+        self, job_ids: list[str], done: list, loaded: dict | None = None, later: list[Finish] | None = None
+    ) -> dict[str, str]:
         """Run jobs (one batch per model, version and method); succeeded ones are appended to ``done``.
-        Records and uploads not in ``loaded`` are read here."""
+        Records and uploads not in ``loaded`` are read here. With ``later``, each batch's CPU half
+        is appended there instead of run (it appends to ``done`` when it runs)."""
         with job_context(*job_ids):
             log.info("running %d job(s)", len(job_ids))
             started = time.time()
@@ -183,56 +216,72 @@ class JobRunner:
                 return spec.model, spec.model_version, spec.method.value
 
             for _key, group in groupby(sorted(runnable, key=group_key), key=group_key):
-                outcome.update(self._run_group(list(group), started, done))
+                if later is None:
+                    outcome.update(self._run_group_now(list(group), started, done))
+                else:
+                    out, finish = self._run_group(list(group), started, done)
+                    outcome.update(out)
+                    later += [finish] if finish is not None else []
             return outcome
 
-    def _run_group(self, group: list[tuple[JobRecord, bytes]], started: float, done: list) -> dict[str, str]:
+    def _run_group(
+        self, group: list[tuple[JobRecord, bytes]], started: float, done: list
+    ) -> tuple[dict[str, str], Finish | None]:
+        """The group's compute half; returns the outcomes so far and, when it computed, the CPU
+        half still to run (None when the group already ended: failed, cancelled)."""
         spec = group[0][0].spec
         try:
             manifest = self.store.manifest(spec.model, spec.model_version)
             model = self.cache.get(manifest)
         except (ModelNotFound, ModelLoadError, ValueError) as e:
-            return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}
+            return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}, None
         items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
         hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
-        t0 = time.time()
+        pipeline = Pipeline(model, self.postprocess_threads)
+        t0 = time.perf_counter()
         try:
             try:
-                results = Pipeline(model, self.postprocess_threads).run(items, spec.method, on_stage=hook)
-            finally:
+                computed = pipeline.compute(items, spec.method, on_stage=hook)
+            except BaseException:
                 hook.close()
-        except BatchCancelled:
+                raise
+        except Exception as e:
+            return self._group_failed(group, hook, e, started, done), None
+        compute_s = time.perf_counter() - t0
+        return dict.fromkeys(hook.cancelled, "cancelled"), Finish(
+            self, group, pipeline, computed, hook, manifest, started, compute_s, done
+        )
+
+    def _run_group_now(self, group: list[tuple[JobRecord, bytes]], started: float, done: list) -> dict[str, str]:
+        out, finish = self._run_group(group, started, done)
+        return out if finish is None else {**out, **finish()}
+
+    def _group_failed(self, group, hook: StageHook, e: Exception, started: float, done: list) -> dict[str, str]:
+        """What a group's exception, in either half, means for its jobs."""
+        if isinstance(e, BatchCancelled):
             return dict.fromkeys(hook.cancelled, "cancelled")
-        except SoftTimeLimitExceeded:
+        if isinstance(e, SoftTimeLimitExceeded):
             return {rec.id: self._fail(rec, "timeout", "the job ran past its time limit") for rec, _ in group}
-        except ImageRejected as e:
-            if len(group) > 1:  # one undecodable image: the others still run
-                return self._one_by_one(group, hook.cancelled, started, done)
-            return {group[0][0].id: self._fail(group[0][0], e.code, e.message)}
-        except torch.cuda.OutOfMemoryError:
+        if len(group) > 1:
+            # One undecodable image, a batch too big for the device's memory, or a bug that
+            # one job's input triggers: each job alone, so the others still succeed.
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            return self._one_by_one(group, hook.cancelled, started, done)
+        rec = group[0][0]
+        if isinstance(e, ImageRejected):
+            return {rec.id: self._fail(rec, e.code, e.message)}
+        if isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-            if len(group) > 1:  # maybe only the batch was too big: try each job alone
-                return self._one_by_one(group, hook.cancelled, started, done)
-            return {group[0][0].id: self._fail(group[0][0], "out_of_memory", "the device ran out of memory")}
-        except Exception as e:  # a bug or an unforeseen input: fail the job, keep the worker
-            if len(group) > 1:  # find the one job that breaks the batch; the others still succeed
-                return self._one_by_one(group, hook.cancelled, started, done)
-            log.exception("job %s failed unexpectedly", group[0][0].id)
-            return {group[0][0].id: self._fail(group[0][0], "internal_error", f"{type(e).__name__}: {e}"[:500])}
-        per_job_s = (time.time() - t0) / len(group)  # what one job costs this worker, batching included
-        out = dict.fromkeys(hook.cancelled, "cancelled")
-        for (rec, _), res in zip(group, results, strict=True):
-            if rec.id not in hook.cancelled:
-                result = self._result(rec, res, manifest, started, len(group))
-                wait_s = max(0.0, started - rec.created_at)
-                done.append((rec, Completed(rec.id, rec.queue, result, res.artifacts, wait_s, per_job_s)))
-        return out
+            return {rec.id: self._fail(rec, "out_of_memory", "the device ran out of memory")}
+        log.exception("job %s failed unexpectedly", rec.id, exc_info=e)  # a bug or an unforeseen input
+        return {rec.id: self._fail(rec, "internal_error", f"{type(e).__name__}: {e}"[:500])}
 
     def _one_by_one(self, group, cancelled: set[str], started: float, done: list) -> dict[str, str]:
         out = dict.fromkeys(cancelled, "cancelled")
         for pair in group:
             if pair[0].id not in cancelled:
-                out.update(self._run_group([pair], started, done))
+                out.update(self._run_group_now([pair], started, done))
         return out
 
     def _result(self, rec: JobRecord, res: ItemResult, manifest: ModelManifest, started: float, batch: int):
@@ -254,7 +303,8 @@ class JobRunner:
         """A job reached its final state here: post its webhook, if it asked for one."""
         if rec.spec.callback_url:
             try:
-                webhooks.schedule(celery_app, self.jobs.keys, rec.id)
+                with self._sending:
+                    webhooks.schedule(celery_app, self.jobs.keys, rec.id)
             except Exception:
                 log.exception("could not queue the webhook of job %s", rec.id)
 
@@ -263,6 +313,89 @@ class JobRunner:
         if self.jobs.fail(rec.id, rec.queue, code, message):
             self.finished(rec)
         return "failed"
+
+
+class Finish:
+    """A computed group's CPU half: label maps, statistics and PNGs (``Pipeline.finish``), then
+    its results appended to ``done``. Callable once, on any thread; returns the outcomes it
+    decided (failures, cancellations; successes are decided when ``done`` is stored)."""
+
+    def __init__(self, runner: JobRunner, group, pipeline: Pipeline, computed: Computed, hook: StageHook,
+                 manifest: ModelManifest, started: float, compute_s: float, done: list) -> None:  # fmt: skip
+        self.runner, self.group, self.pipeline, self.computed = runner, group, pipeline, computed
+        self.hook, self.manifest, self.started, self.compute_s, self.done = hook, manifest, started, compute_s, done
+        self.records = [rec for rec, _ in group]
+
+    def __call__(self) -> dict[str, str]:
+        runner, group, hook = self.runner, self.group, self.hook
+        with job_context(*(rec.id for rec in self.records)):
+            t0 = time.perf_counter()
+            try:
+                try:
+                    results = self.pipeline.finish(self.computed, on_stage=hook)
+                finally:
+                    hook.close()
+            except Exception as e:
+                return runner._group_failed(group, hook, e, self.started, self.done)
+            # What one job costs this worker, batching included (both halves, though with a
+            # lane they overlap the next batch's: an upper bound, for ETAs and drain rates).
+            per_job_s = (self.compute_s + time.perf_counter() - t0) / len(group)
+            for rec, res in zip(self.records, results, strict=True):
+                if rec.id not in hook.cancelled:
+                    result = runner._result(rec, res, self.manifest, self.started, len(group))
+                    wait_s = max(0.0, self.started - rec.created_at)
+                    self.done.append((rec, Completed(rec.id, rec.queue, result, res.artifacts, wait_s, per_job_s)))
+            return dict.fromkeys(hook.cancelled, "cancelled")
+
+
+class FinishLane:
+    """Beside a GPU: one batch's CPU half (label maps, PNGs) and its completion round trip run
+    on a thread of their own while this thread claims and computes the next batch, so the
+    device does not wait for that work batch after batch (``SEGCAM_OVERLAP``). One batch at a
+    time in the lane: at most two batches in memory, completions in claim order."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
+        self.pending: Future | None = None
+        self.records: list[JobRecord] = []
+
+    def hand_off(self, settle: Callable[[], dict[str, str]], records: list[list[JobRecord]]) -> dict[str, str]:
+        """Wait for the batch before (its outcomes are returned), then start ``settle``."""
+        out = self.wait()
+        self.pending, self.records = _finisher().submit(settle), [r for rs in records for r in rs]
+        return out
+
+    def wait(self) -> dict[str, str]:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return {}
+        try:
+            return pending.result()
+        except SoftTimeLimitExceeded:
+            # The task's time ran out while the lane was still busy (only a stuck encoder takes
+            # that long; the signal reaches this thread, not the lane's): its jobs fail as timed
+            # out, a result it stores later is dropped, and the next batch gets a fresh lane.
+            _abandon_finisher()
+            msg = "the job ran past its time limit"
+            return {rec.id: self.runner._fail(rec, "timeout", msg) for rec in self.records}
+
+
+_FINISHERS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _finisher() -> ThreadPoolExecutor:
+    """The lane's thread, one per process (a thread made before Celery's fork does not exist in
+    the child)."""
+    pid = os.getpid()
+    if pid not in _FINISHERS:
+        _FINISHERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="finish")
+    return _FINISHERS[pid]
+
+
+def _abandon_finisher() -> None:
+    executor = _FINISHERS.pop(os.getpid(), None)
+    if executor is not None:
+        executor.shutdown(wait=False)
 
 
 def software_versions() -> dict[str, str]:

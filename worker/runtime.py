@@ -44,6 +44,12 @@ def warm_up(model: LoadedModel, threads: int = 1) -> None:
     Pipeline(model, threads).run([Item("warm-up", buf.getvalue())], Method.gradcam)
 
 
+def overlap_wanted(setting: str, device: torch.device) -> bool:
+    """``auto``: beside a GPU, where the CPU half would otherwise leave the device idle. On the
+    CPU the two halves would compete for the cores torch was given."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
 def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
     """Build the runner and warm the models this worker serves (their default versions)."""
     global _runner
@@ -81,6 +87,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,
+        overlap=overlap_wanted(settings.overlap, device),
     )
     # Everything loaded so far (torch, the models, Celery) lives as long as the process. Left
     # to the collector, it makes each full collection walk ~500k objects: about 200 ms, paid

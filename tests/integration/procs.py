@@ -56,8 +56,10 @@ class Procs:
         return p
 
     def worker(self, name: str, **extra: str) -> subprocess.Popen:
-        # two post-processing threads, as a GPU worker has: the pool runs in the forked pool child
-        env = {"SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": "1", "SEGCAM_POSTPROCESS_THREADS": "2", **extra}
+        # As a GPU worker runs: two post-processing threads and the finishing lane, both in the
+        # forked pool child, so every integration and chaos test goes through them.
+        env = {"SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": "1", "SEGCAM_POSTPROCESS_THREADS": "2",
+               "SEGCAM_OVERLAP": "on", **extra}  # fmt: skip
         return self._spawn(["python", "-m", "worker", "--name", name], name.split("@")[0], env)
 
     def wait_workers(self, names: list[str], timeout: float = 60) -> None:

@@ -269,3 +269,19 @@ def test_stage_reports_drop_a_connection_that_failed_mid_reply(store, monkeypatc
     assert reports.conn is None and reports.sent == [] and conn._sock is None  # not reused with stray replies
     monkeypatch.undo()  # the pool may hand the same (reconnected) object out again
     assert reports.report(["a" * 32], "encode") == [] and reports.close() == []  # a fresh connection works
+
+
+def test_completing_one_batch_keeps_the_claims_of_the_next(store, rclient, prefix):
+    """A worker that finishes batch N while it runs batch N+1 under the same token must not end
+    N+1's claims: if it dies now, the token takes N+1's jobs back."""
+    a, b, c = "a" * 32, "b" * 32, "c" * 32
+    for j in (a, b, c):
+        store.create(j, SPEC, "q", b"img")
+    assert store.claim("q", "t", "w1", max_jobs=1) == [a]
+    assert store.claim("q", "t", "w1", max_jobs=2) == [b, c]
+    artifacts = ArtifactStore(rclient, Keys(prefix), 60)
+    assert store.complete([Completed(a, "q", RESULT, {}, 0.1, 0.2)], artifacts, token="t", claims=[a]) == [True]
+    assert sorted(store.claimed("t")) == [b, c]
+    assert sorted(store.reclaim("t", "w2")) == [b, c]
+    assert store.complete([], artifacts, token="t", claims=[b, c]) == []
+    assert store.claimed("t") == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import threading
 import time
 
 import numpy as np
 import pytest
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from shared.artifacts import ArtifactStore
@@ -21,8 +23,10 @@ from shared.model_store import ModelStore
 from shared.schemas import ImageInfo, JobSpec, JobStatus, Method
 from tests.conftest import ROOT
 from training.shapes import held_out
+from worker import render
 from worker.linger import QueueWatch
 from worker.loader import ModelCache
+from worker.pipeline import Pipeline
 from worker.runner import JobRunner
 
 QUEUE = "q"
@@ -42,10 +46,12 @@ def parts(rclient, prefix):
     arts = ArtifactStore(rclient, keys, 60)
     cache = ModelCache(store, torch.device("cpu"))
 
-    def runner(batch: int = 1, name: str = "w", drain_s: float = 0.0, linger_ms: float = 0.0, queues=()) -> JobRunner:
+    def runner(
+        batch: int = 1, name: str = "w", drain_s: float = 0.0, linger_ms: float = 0.0, queues=(), overlap=False
+    ) -> JobRunner:
         watch = QueueWatch(rclient, {q: keys.queue_events(q) for q in queues}) if queues else None
         return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch, drain_s=drain_s, linger_ms=linger_ms,
-                         watch=watch)  # fmt: skip
+                         watch=watch, overlap=overlap)  # fmt: skip
 
     def submit(job_id: str, image, method=Method.gradcam, target=None, queue: str = QUEUE) -> None:
         spec = JobSpec(
@@ -331,3 +337,111 @@ def test_lingering_stops_at_the_drain_limit(parts, rclient, prefix):
     assert r.run_token("tok", queue) == {f"{0:032x}": "succeeded"}
     assert time.monotonic() - started < 10
     assert not r.watch.listening  # unsubscribed: nothing piles up while the next jobs run
+
+
+def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclient, prefix, monkeypatch):
+    """SEGCAM_OVERLAP: batch N's CPU half and completion run on the lane's thread while this
+    thread computes batch N+1; N's completion ends N's claims only, so a crash now would still
+    take N+1's jobs back. Results are the same bytes as without the lane."""
+    jobs, arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    ids = [f"{i:032x}" for i in range(6)]
+    scenes = held_out(6)
+    for jid, s in zip(ids, scenes, strict=True):
+        submit(jid, s.image, queue=queue)
+    rclient.rpop(queue)  # the running token's own message
+    real_compute, real_finish = Pipeline.compute, Pipeline.finish
+    seen: dict[str, object] = {"computes": [], "finish_threads": set()}
+    second_started = threading.Event()
+
+    def compute(self, items, method, on_stage=None):
+        batch = [it.job_id for it in items]
+        seen["computes"].append(batch)
+        if len(seen["computes"]) == 2:
+            second_started.set()
+        if len(seen["computes"]) == 3:  # batch 2 is in the lane: once it is stored, only batch 3 is claimed
+            end = time.monotonic() + 10
+            while not jobs.get(ids[3]).status.final and time.monotonic() < end:
+                time.sleep(0.01)
+            seen["claims_after_batch_2"] = sorted(jobs.claimed("tok"))
+        return real_compute(self, items, method, on_stage)
+
+    def finish(self, computed, on_stage=None):
+        seen["finish_threads"].add(threading.current_thread().name.split("_")[0])
+        if "overlapped" not in seen:  # the first batch waits here until the second one computes
+            seen["overlapped"] = second_started.wait(10)
+        return real_finish(self, computed, on_stage)
+
+    monkeypatch.setattr(Pipeline, "compute", compute)
+    monkeypatch.setattr(Pipeline, "finish", finish)
+    out = runner(batch=2, drain_s=60, overlap=True).run_token("tok", queue)
+    assert out == dict.fromkeys(ids, "succeeded")
+    assert seen["computes"] == [ids[0:2], ids[2:4], ids[4:6]]
+    assert seen["overlapped"] is True and seen["finish_threads"] == {"finish"}
+    assert seen["claims_after_batch_2"] == ids[4:6]
+    assert jobs.claimed("tok") == [] and rclient.llen(queue) == 0
+    monkeypatch.undo()
+    for jid, s in zip(ids, scenes, strict=True):  # the same jobs again, without the lane
+        submit("f" + jid[1:], s.image)
+    assert set(runner(batch=2, drain_s=60).run_token("tok2", QUEUE).values()) == {"succeeded"}
+    for jid in ids:
+        for name in ("mask", "heatmap", "overlay"):
+            assert arts.get(jid, name) == arts.get("f" + jid[1:], name)
+        assert jobs.get(jid).result.classes == jobs.get("f" + jid[1:]).result.classes
+
+
+def test_a_job_that_breaks_in_the_lane_fails_alone(parts, rclient, prefix, monkeypatch):
+    jobs, _arts, runner, submit = parts
+    scenes = held_out(3)
+    odd = scenes[1].image.resize((123, 77))  # the encoder breaks on this image only
+    for i, image in enumerate([scenes[0].image, odd, scenes[2].image]):
+        submit(f"{i:032x}", image)
+    real = render.overlay_png
+
+    def breaks_on_the_odd_one(rgb, heat, *a):
+        if rgb.shape[:2] == (77, 123):
+            raise RuntimeError("encoder broke")
+        return real(rgb, heat, *a)
+
+    monkeypatch.setattr(render, "overlay_png", breaks_on_the_odd_one)
+    out = runner(batch=8, overlap=True).run_token("tok", QUEUE)
+    assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "failed", f"{2:032x}": "succeeded"}
+    err = jobs.get(f"{1:032x}").error
+    assert err.code == "internal_error" and "encoder broke" in err.message
+    assert jobs.get(f"{0:032x}").result.batch_size == 1  # found by running each job alone
+    assert jobs.claimed("tok") == []
+
+
+def test_the_time_limit_reached_while_the_lane_is_stuck_fails_its_jobs(parts, monkeypatch):
+    """Celery's soft time limit is a signal, handled on the task's thread, never the lane's: the
+    task's thread, waiting for the lane, fails the lane's jobs as timed out; what the stuck
+    thread stores later is dropped."""
+    jobs, _arts, runner, submit = parts
+    submit("a" * 32, held_out(1)[0].image)
+    real_finish = Pipeline.finish
+    release = threading.Event()
+
+    def stuck(self, computed, on_stage=None):
+        release.wait(30)
+        return real_finish(self, computed, on_stage)
+
+    def soft_limit(_signum, _frame):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(Pipeline, "finish", stuck)
+    before = signal.signal(signal.SIGALRM, soft_limit)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    try:
+        out = runner(overlap=True).run_token("tok", QUEUE)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert out == {"a" * 32: "failed"}
+    assert jobs.get("a" * 32).error.code == "timeout"
+    release.set()
+    end = time.monotonic() + 20
+    while jobs.claimed("tok") and time.monotonic() < end:  # the stuck thread finishes, its result refused
+        time.sleep(0.05)
+    assert jobs.claimed("tok") == []
+    rec = jobs.get("a" * 32)
+    assert rec.status is JobStatus.failed and rec.result is None

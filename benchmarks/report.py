@@ -32,7 +32,8 @@ def markdown(run: dict) -> str:
         + (f" ({', '.join(m['cpu_features']) or 'no avx2/avx512'})" if "cpu_features" in m else "")
         + f", {m.get('cores')} cores, device {m.get('device')}; torch {m.get('torch')}, "
         f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; post-processing "
-        f"threads: {run.get('postprocess_threads', 1)}; {_f(args.get('seconds'), 0)} s per timed run. One worker "
+        f"threads: {run.get('postprocess_threads', 1)}; finishing lane (`SEGCAM_OVERLAP`): "
+        f"{'on' if run.get('overlap') else 'off'}; {_f(args.get('seconds'), 0)} s per timed run. One worker "
         "unless stated.",
         "",
     ]
@@ -192,6 +193,27 @@ def markdown(run: dict) -> str:
             if 1 in by and 8 in by:
                 targets.append(("GPU: batch 8 over batch 1, realistic model, fp32 CAM (segcam)", ">= 2x",
                                 f"{by[8] / by[1]:.2f}x", by[8] / by[1] >= 2))  # fmt: skip
+    if rows := s.get("overlap"):
+        out += [
+            f"## Finishing lane off and on (`SEGCAM_OVERLAP`; realistic model, {m.get('device')})",
+            "",
+            "A batch's CPU half (label maps, statistics, PNGs, storing the results) on a thread of its own while "
+            "the next batch computes. Off and on alternate within the run.",
+            "",
+            "| max batch | lane | in-process images/s | x lane off | segcam images/s | x lane off "
+            "| segcam p50 / p99 ms | clients |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        off = {r["batch"]: r for r in rows if not r["overlap"]}
+        for r in rows:
+            lim, seg, base = r["limit"], r["segcam"], off.get(r["batch"], r)
+            out.append(
+                f"| {r['batch']} | {'on' if r['overlap'] else 'off'} | {_f(lim['images_per_s'], 2)} "
+                f"| {lim['images_per_s'] / base['limit']['images_per_s']:.2f} | {_f(seg['throughput_per_s'], 2)} "
+                f"| {seg['throughput_per_s'] / base['segcam']['throughput_per_s']:.2f} "
+                f"| {_f(seg['latency_ms']['p50'])} / {_f(seg['latency_ms']['p99'])} | {seg['clients']} |"
+            )
+        out.append("")
     if prec := s.get("precision"):
         out += [
             "## Forward pass: memory layout and autocast (realistic model)",

@@ -123,10 +123,19 @@ class Procs:
 
 
 def limit(
-    store: Path, model: str, imgs: list[bytes], seconds: float, batch: int = 1, device: str = "cpu", threads: int = 1
+    store: Path,
+    model: str,
+    imgs: list[bytes],
+    seconds: float,
+    batch: int = 1,
+    device: str = "cpu",
+    threads: int = 1,
+    overlap: bool = False,
 ) -> dict:
     """The worker's own pipeline in a tight loop: the ceiling for one worker (on ``device``, with
-    ``threads`` post-processing threads, as the bench's workers get them)."""
+    ``threads`` post-processing threads, as the bench's workers get them). With ``overlap``, as
+    a worker with the finishing lane runs it: each batch's ``finish`` on a thread of its own
+    while the next batch computes, one batch in the lane at a time."""
     import torch
 
     from shared.model_store import ModelStore
@@ -137,11 +146,23 @@ def limit(
     ms = ModelStore(store)
     pipe = Pipeline(load_model(ms, ms.resolve(model), torch.device(device)), threads)
     reference = [explanation_key(pipe.run([Item("r", im)], Method.gradcam)[0].explanation.model_dump()) for im in imgs]
+    lane = ThreadPoolExecutor(1) if overlap else None
+    pending = None
     n, k, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        pipe.run([Item(str(j), imgs[(k + j) % len(imgs)]) for j in range(batch)], Method.gradcam)
+        items = [Item(str(j), imgs[(k + j) % len(imgs)]) for j in range(batch)]
+        if lane is None:
+            pipe.run(items, Method.gradcam)
+        else:
+            computed = pipe.compute(items, Method.gradcam)
+            if pending is not None:
+                pending.result()
+            pending = lane.submit(pipe.finish, computed)
         n += batch
         k += batch
+    if pending is not None:
+        pending.result()
+        lane.shutdown()
     dt = time.perf_counter() - t0
     return {"images_per_s": n / dt, "ms_per_image": 1000 * dt / n, "images": n, "reference": reference}
 
@@ -416,12 +437,16 @@ class Bench:
         import torch
 
         from worker.pipeline import default_threads
+        from worker.runtime import overlap_wanted
 
         self.args = args
         torch.set_num_threads(args.threads)
         self.device = bench_device(getattr(args, "device", "cpu"))
         # One count everywhere: the in-process limit, the workers and the direct endpoint.
         self.post_threads = getattr(args, "postprocess_threads", 0) or default_threads(torch.device(self.device))
+        # The finishing lane as a worker on this device runs it (auto: on beside a GPU), in the
+        # in-process limit and the workers alike.
+        self.overlap = overlap_wanted(getattr(args, "overlap", "auto"), torch.device(self.device))
         self.tmp = Path(tempfile.mkdtemp(prefix="segcam-bench-"))
         self.store = build_store(self.tmp / "store")
         self.imgs = {k: images(size) for k, (_, size) in MODELS.items()}
@@ -440,6 +465,7 @@ class Bench:
         return {"SEGCAM_REDIS_URL": self.redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_MODEL_DIR": str(self.store),
                 "SEGCAM_DEVICE": self.device, "SEGCAM_TORCH_THREADS": str(self.args.threads),
                 "SEGCAM_POSTPROCESS_THREADS": str(self.post_threads), "SEGCAM_LOG_LEVEL": "WARNING",
+                "SEGCAM_OVERLAP": "on" if self.overlap else "off",
                 "SEGCAM_WORKER_HEARTBEAT_S": "1", **{k: str(v) for k, v in extra.items()}}  # fmt: skip
 
     def segcam(self, workers: int = 1, models: str = "", **extra) -> tuple[Procs, str]:
@@ -471,8 +497,9 @@ class Bench:
         procs.prefix = "none"
         return procs, url
 
-    def limit(self, model: str, key: str, seconds: float, batch: int = 1) -> dict:
-        return limit(self.store, model, self.imgs[key], seconds, batch, self.device, self.post_threads)
+    def limit(self, model: str, key: str, seconds: float, batch: int = 1, overlap: bool | None = None) -> dict:
+        lane = self.overlap if overlap is None else overlap
+        return limit(self.store, model, self.imgs[key], seconds, batch, self.device, self.post_threads, lane)
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -636,6 +663,28 @@ class Bench:
             rows.append({"batch": b, "limit": lim, "segcam": seg})
         self.out["sections"]["batching"] = rows
 
+    def run_overlap(self) -> None:
+        """The finishing lane off and on, side by side (alternating), at batch 1 and the largest
+        batch: the in-process loop and one saturated worker, realistic model."""
+        import torch
+
+        torch.set_num_threads(self.args.threads)
+        model, key = "deeplab", "realistic"
+        rows = []
+        for b in (1, 8):
+            for lane in (False, True):
+                self.log(f"batch {b}, finishing lane {'on' if lane else 'off'}")
+                lim = self.limit(model, key, self.args.seconds / 2, batch=b, overlap=lane)
+                lim.pop("reference")
+                mode = "on" if lane else "off"
+                procs, url = self.segcam(models=model, SEGCAM_MAX_BATCH_SIZE=b, SEGCAM_OVERLAP=mode)
+                try:
+                    seg = closed_loop(url, self.imgs[key], model, 2 * b + 2, self.args.seconds)
+                finally:
+                    self.cleanup(procs)
+                rows.append({"batch": b, "overlap": lane, "limit": lim, "segcam": seg})
+        self.out["sections"]["overlap"] = rows
+
     def run_precision(self) -> None:
         """channels_last and autocast for the segmentation forward (the CAM path stays fp32):
         bf16 on the CPU; bf16 and fp16 on a GPU, at batch 1 and 8 (where batching is the point)."""
@@ -753,21 +802,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--postprocess-threads", type=int, default=0,
                     help="post-processing threads, everywhere; 0: a worker's default on --device")  # fmt: skip
+    ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
+                    help="the finishing lane (SEGCAM_OVERLAP) in every section; auto: on beside a GPU")  # fmt: skip
     ap.add_argument("--overload-factor", type=float, default=4.0)
     ap.add_argument("--memory-jobs", type=int, default=2000)
-    ap.add_argument("--only", help="comma-separated sections: compare,overload,gateway,memory,batching,precision")
+    ap.add_argument(
+        "--only", help="comma-separated sections: compare,overload,gateway,memory,batching,overlap,precision"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.memory_jobs = 5.0, 400
     only = (
         set(args.only.split(","))
         if args.only
-        else {"compare", "overload", "gateway", "memory", "batching", "precision"}
+        else {"compare", "overload", "gateway", "memory", "batching", "overlap", "precision"}
     )
     bench = Bench(args)
     started = datetime.now(UTC)
     bench.out.update(machine=machine(bench.device), started=started.isoformat(timespec="seconds"), args=vars(args),
-                     postprocess_threads=bench.post_threads)  # fmt: skip
+                     postprocess_threads=bench.post_threads, overlap=bench.overlap)  # fmt: skip
     try:
         if "compare" in only:
             bench.run_limit_and_http()
@@ -779,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.run_memory()
         if "batching" in only:
             bench.run_batching()
+        if "overlap" in only:
+            bench.run_overlap()
         if "precision" in only:
             bench.run_precision()
     finally:

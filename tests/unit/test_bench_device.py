@@ -84,3 +84,42 @@ def test_a_cpu_run_does_not_claim_the_gpu_targets():
     got = targets(markdown(out))
     assert not any("GPU" in name for name in got)
     assert got["worker RSS drift over the run"] == "met"
+
+
+def test_the_lane_table_compares_each_batch_size_with_its_own_lane_off_run():
+    def row(b: int, lane: bool, lim: float, seg: float) -> dict:
+        seg_out = {"throughput_per_s": seg, "latency_ms": {"p50": 1.0, "p99": 2.0}, "clients": 2 * b + 2}
+        return {"batch": b, "overlap": lane, "limit": {"images_per_s": lim}, "segcam": seg_out}
+
+    rows = [row(1, False, 10.0, 9.0), row(1, True, 15.0, 13.5), row(8, False, 20.0, 18.0), row(8, True, 30.0, 36.0)]
+    md = markdown({"machine": {"device": "cuda:0 NVIDIA H100"}, "overlap": True, "sections": {"overlap": rows}})
+    assert "finishing lane (`SEGCAM_OVERLAP`): on" in md
+    table = [r.split("|")[1:-1] for r in md.split("## Finishing lane")[1].splitlines() if r.startswith("| 1 ")
+             or r.startswith("| 8 ")]  # fmt: skip
+    got = [(c[0].strip(), c[1].strip(), c[3].strip(), c[5].strip()) for c in table]
+    assert got == [("1", "off", "1.00", "1.00"), ("1", "on", "1.50", "1.50"), ("8", "off", "1.00", "1.00"),
+                   ("8", "on", "1.50", "2.00")]  # fmt: skip
+
+
+def test_the_in_process_limit_runs_the_lane_as_a_worker_does(monkeypatch):
+    """With the lane, each batch's finish runs on another thread while the next computes; the
+    loop ends only when the last batch is finished."""
+    from tests.conftest import ROOT
+    from worker.pipeline import Pipeline
+
+    real = Pipeline.finish
+    threads, finished = set(), []
+
+    def finish(self, computed, on_stage=None):
+        import threading
+
+        threads.add(threading.current_thread() is threading.main_thread())
+        out = real(self, computed, on_stage)
+        finished.append(len(out))
+        return out
+
+    monkeypatch.setattr(Pipeline, "finish", finish)
+    imgs = run.images((128, 96), n=1)
+    got = run.limit(ROOT / "models" / "store", "shapes", imgs, 0.5, batch=2, overlap=True)
+    assert got["images"] >= 2 and sum(finished) == got["images"] + 1  # + the reference run's image
+    assert threads == {True, False}  # the reference on this thread, the loop's batches on the lane's

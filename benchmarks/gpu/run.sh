@@ -19,11 +19,23 @@ if [[ $DEVICE == cuda* ]]; then
 fi
 # Two runs, each writing its own table: the batch sizes and the finishing lane first, so a run
 # cut short by the device's time limit still leaves them.
+# A step that fails leaves its log and no table: a result file copied after a failure would
+# be an older run's. The script's status is the number of failed steps.
+failed=0
 for part in batching,overlap memory,precision; do
   python3 -m benchmarks.run --device "$DEVICE" --only "$part" --seconds "${SECONDS_PER_RUN:-10}" \
     --memory-jobs "${MEMORY_JOBS:-1000}" 2>&1 | tee "$OUT/bench-${part%%,*}.txt"
-  cp benchmarks/results/latest.md "$OUT/bench-${part%%,*}.md"
-  cp "$(ls -t benchmarks/results/2*.json | head -1)" "$OUT/bench-${part%%,*}.json"
+  if [[ ${PIPESTATUS[0]} == 0 ]]; then
+    cp benchmarks/results/latest.md "$OUT/bench-${part%%,*}.md"
+    cp "$(ls -t benchmarks/results/2*.json | head -1)" "$OUT/bench-${part%%,*}.json"
+  else
+    failed=$((failed + 1))
+  fi
 done
 python3 -m benchmarks.postprocess --device "$DEVICE" --threads 1,4,8 --rounds 4 2>&1 | tee "$OUT/postprocess.txt"
-cp "$(ls -t benchmarks/results/postprocess-*.json | head -1)" "$OUT/postprocess.json"
+if [[ ${PIPESTATUS[0]} == 0 ]]; then
+  cp "$(ls -t benchmarks/results/postprocess-*.json | head -1)" "$OUT/postprocess.json"
+else
+  failed=$((failed + 1))
+fi
+exit "$failed"

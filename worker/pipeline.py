@@ -65,6 +65,15 @@ class Computed:
     timings_ms: dict[str, float]
     labels_s: float = 0.0  # the time the GPU's label maps took, counted as encoding
 
+    def one(self, i: int) -> Computed:
+        """Image ``i`` alone, as the batch computed it (to finish it without the others)."""
+        return Computed(
+            self.images[i : i + 1], self.method, self.cams[i : i + 1], self.targets[i : i + 1],
+            None if self.logits is None else self.logits[i : i + 1],
+            None if self.segmentations is None else self.segmentations[i : i + 1],
+            self.timings_ms, self.labels_s / len(self.images),
+        )  # fmt: skip
+
 
 def default_threads(device: torch.device) -> int:
     """Post-processing threads when not configured, at most 8. On the CPU, as many as torch

@@ -139,8 +139,8 @@ class JobRunner:
         outcome: dict[str, str] = {}
         done: list[tuple[JobRecord, Completed]] = []
         later: list[Finish] = []
-        for job_ids in batches:
-            outcome.update(self.run_batch(job_ids, done, loaded, later))
+        for job_ids in batches:  # without a lane each group finishes as soon as it computed
+            outcome.update(self.run_batch(job_ids, done, loaded, later if lane is not None else None))
         claims = [j for job_ids in batches for j in job_ids]
         settle = partial(self._settle, token, claims, later, done)
         if lane is None:
@@ -318,7 +318,11 @@ class JobRunner:
 class Finish:
     """A computed group's CPU half: label maps, statistics and PNGs (``Pipeline.finish``), then
     its results appended to ``done``. Callable once, on any thread; returns the outcomes it
-    decided (failures, cancellations; successes are decided when ``done`` is stored)."""
+    decided (failures, cancellations; successes are decided when ``done`` is stored).
+
+    It never computes: on the lane's thread a second forward pass would share the model's CAM
+    hooks with the task's, and mix up their activations. When one image breaks the group's
+    finish, each image is finished alone from the group's computed outputs."""
 
     def __init__(self, runner: JobRunner, group, pipeline: Pipeline, computed: Computed, hook: StageHook,
                  manifest: ModelManifest, started: float, compute_s: float, done: list) -> None:  # fmt: skip
@@ -330,22 +334,31 @@ class Finish:
         runner, group, hook = self.runner, self.group, self.hook
         with job_context(*(rec.id for rec in self.records)):
             t0 = time.perf_counter()
+            out: dict[str, str] = {}
             try:
                 try:
-                    results = self.pipeline.finish(self.computed, on_stage=hook)
+                    results: list[ItemResult | None] = self.pipeline.finish(self.computed, on_stage=hook)
                 finally:
                     hook.close()
             except Exception as e:
-                return runner._group_failed(group, hook, e, self.started, self.done)
+                if isinstance(e, (BatchCancelled, SoftTimeLimitExceeded)) or len(group) == 1:
+                    return runner._group_failed(group, hook, e, self.started, self.done)
+                results = []
+                for i, pair in enumerate(group):
+                    try:
+                        results += self.pipeline.finish(self.computed.one(i))
+                    except Exception as one:
+                        results.append(None)
+                        out.update(runner._group_failed([pair], hook, one, self.started, self.done))
             # What one job costs this worker, batching included (both halves, though with a
             # lane they overlap the next batch's: an upper bound, for ETAs and drain rates).
             per_job_s = (self.compute_s + time.perf_counter() - t0) / len(group)
             for rec, res in zip(self.records, results, strict=True):
-                if rec.id not in hook.cancelled:
+                if res is not None and rec.id not in hook.cancelled:
                     result = runner._result(rec, res, self.manifest, self.started, len(group))
                     wait_s = max(0.0, self.started - rec.created_at)
                     self.done.append((rec, Completed(rec.id, rec.queue, result, res.artifacts, wait_s, per_job_s)))
-            return dict.fromkeys(hook.cancelled, "cancelled")
+            return {**out, **dict.fromkeys(hook.cancelled, "cancelled")}
 
 
 class FinishLane:

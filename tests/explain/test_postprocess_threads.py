@@ -143,3 +143,16 @@ def test_compute_then_finish_reports_every_stage_in_order(demo_model, items):
     results = pipe.finish(computed, on_stage=seen.append)
     assert seen[-1] == "encode" and len(results) == 2
     assert computed.segmentations is None and computed.logits is not None  # on the CPU: made in finish
+
+
+@pytest.mark.parametrize("device_labels", [False, True])
+def test_each_image_finished_alone_equals_the_batch_finished_together(demo_model, items, device_labels):
+    """How the worker finishes the rest of a batch when one image breaks its finish: from the
+    batch's own outputs, without a second forward pass."""
+    pipe = Pipeline(demo_model, 2)
+    pipe.device_labels = device_labels
+    computed = pipe.compute(items, Method.gradcam)
+    together = pipe.finish(computed)
+    for i, whole in enumerate(together):
+        (alone,) = pipe.finish(computed.one(i))
+        same(alone, whole)

@@ -390,7 +390,10 @@ def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclie
         assert jobs.get(jid).result.classes == jobs.get("f" + jid[1:]).result.classes
 
 
-def test_a_job_that_breaks_in_the_lane_fails_alone(parts, rclient, prefix, monkeypatch):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_job_that_breaks_while_finishing_fails_alone_without_a_second_pass(parts, monkeypatch, overlap):
+    """The others are finished one by one from the batch's own outputs: a forward pass on the
+    lane's thread would share the model's CAM hooks with the task's next batch."""
     jobs, _arts, runner, submit = parts
     scenes = held_out(3)
     odd = scenes[1].image.resize((123, 77))  # the encoder breaks on this image only
@@ -403,12 +406,16 @@ def test_a_job_that_breaks_in_the_lane_fails_alone(parts, rclient, prefix, monke
             raise RuntimeError("encoder broke")
         return real(rgb, heat, *a)
 
+    real_compute, computed = Pipeline.compute, []
     monkeypatch.setattr(render, "overlay_png", breaks_on_the_odd_one)
-    out = runner(batch=8, overlap=True).run_token("tok", QUEUE)
+    monkeypatch.setattr(Pipeline, "compute", lambda self, items, *a, **k: computed.append(len(items)) or
+                        real_compute(self, items, *a, **k))  # fmt: skip
+    out = runner(batch=8, overlap=overlap).run_token("tok", QUEUE)
     assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "failed", f"{2:032x}": "succeeded"}
     err = jobs.get(f"{1:032x}").error
     assert err.code == "internal_error" and "encoder broke" in err.message
-    assert jobs.get(f"{0:032x}").result.batch_size == 1  # found by running each job alone
+    assert computed == [3]  # one pass for the three
+    assert jobs.get(f"{0:032x}").result.batch_size == 3
     assert jobs.claimed("tok") == []
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # segcam's GPU checks and benchmark, on a machine with a GPU and no network whose python3
 # already holds torch and torchvision (run benchmarks/gpu/kit.sh first where pip works, and
-# bring .gpu/ along). Estimated at 8 minutes on one H100 (not yet measured). Results go to $OUT (default /tmp/segcam-gpu).
+# bring .gpu/ along). Estimated at 8 minutes on one H100 (not yet measured: each benchmark
+# configuration costs ~20 s of process start and warm-up beside its timed seconds; rehearsed on the CPU with
+# DEVICE=cpu SECONDS_PER_RUN=3 MEMORY_JOBS=200 in 7.5 minutes). Results go to $OUT (default /tmp/segcam-gpu).
 # DEVICE=cpu rehearses the same steps where there is no GPU (no CUDA check then).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda:0}
@@ -23,7 +25,7 @@ fi
 # be an older run's. The script's status is the number of failed steps.
 failed=0
 for part in batching,overlap memory,precision; do
-  python3 -m benchmarks.run --device "$DEVICE" --only "$part" --seconds "${SECONDS_PER_RUN:-10}" \
+  python3 -m benchmarks.run --device "$DEVICE" --only "$part" --seconds "${SECONDS_PER_RUN:-6}" \
     --memory-jobs "${MEMORY_JOBS:-1000}" 2>&1 | tee "$OUT/bench-${part%%,*}.txt"
   if [[ ${PIPESTATUS[0]} == 0 ]]; then
     cp benchmarks/results/latest.md "$OUT/bench-${part%%,*}.md"

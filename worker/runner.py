@@ -373,10 +373,13 @@ class FinishLane:
         self.records: list[JobRecord] = []
 
     def hand_off(self, settle: Callable[[], dict[str, str]], records: list[list[JobRecord]]) -> dict[str, str]:
-        """Wait for the batch before (its outcomes are returned), then start ``settle``."""
-        out = self.wait()
-        self.pending, self.records = _finisher().submit(settle), [r for rs in records for r in rs]
-        return out
+        """Wait for the batch before (its outcomes are returned), then start ``settle``; started
+        even when the batch before raised (a Redis error storing it), so this computed batch is
+        still stored by the task's last ``wait`` rather than left running."""
+        try:
+            return self.wait()
+        finally:
+            self.pending, self.records = _finisher().submit(settle), [r for rs in records for r in rs]
 
     def wait(self) -> dict[str, str]:
         pending, self.pending = self.pending, None

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import redis
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
@@ -452,3 +453,28 @@ def test_the_time_limit_reached_while_the_lane_is_stuck_fails_its_jobs(parts, mo
     assert jobs.claimed("tok") == []
     rec = jobs.get("a" * 32)
     assert rec.status is JobStatus.failed and rec.result is None
+
+
+def test_a_failed_store_in_the_lane_does_not_strand_the_next_computed_batch(parts, rclient, prefix, monkeypatch):
+    """Storing batch 1 fails (Redis went away for a moment): the task ends with that error, as
+    without the lane, but batch 2, computed meanwhile, is still stored rather than left running."""
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    ids = [f"{i:032x}" for i in range(4)]
+    for jid, s in zip(ids, held_out(4), strict=True):
+        submit(jid, s.image, queue=queue)
+    rclient.rpop(queue)
+    real, calls = jobs.complete, []
+
+    def flaky(done, *a, **k):
+        calls.append([d.job_id for d in done])
+        if len(calls) == 1:
+            raise redis.ConnectionError("Redis went away")
+        return real(done, *a, **k)
+
+    monkeypatch.setattr(jobs, "complete", flaky)
+    with pytest.raises(redis.ConnectionError):
+        runner(batch=2, drain_s=60, overlap=True).run_token("tok", queue)
+    assert calls == [ids[0:2], ids[2:4]]
+    assert [jobs.get(j).status for j in ids] == [JobStatus.running] * 2 + [JobStatus.succeeded] * 2
+    assert sorted(jobs.claimed("tok")) == ids[0:2]  # a redelivered token takes them back

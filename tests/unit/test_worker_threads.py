@@ -38,8 +38,9 @@ def launched(settings, **env: str) -> tuple[bool, int, int]:
 
 
 def test_pool_size_follows_torch_threads_by_default(settings):
-    configured, alive = started(settings, SEGCAM_TORCH_THREADS="3", SEGCAM_POSTPROCESS_THREADS="0")
+    overlap, configured, alive = launched(settings, SEGCAM_TORCH_THREADS="3", SEGCAM_POSTPROCESS_THREADS="0")
     assert configured == 3
+    assert overlap is False  # the finishing lane: off on the CPU unless asked for
     assert 1 <= alive <= 3  # the warm-up job started the pool's threads
 
 
@@ -57,8 +58,7 @@ def test_a_negative_size_is_refused():
         Settings(postprocess_threads=-1)
 
 
-def test_the_finishing_lane_is_off_on_the_cpu_unless_asked_for(settings):
-    assert launched(settings, SEGCAM_TORCH_THREADS="1")[0] is False
+def test_the_finishing_lane_can_be_asked_for_on_the_cpu(settings):
     assert launched(settings, SEGCAM_TORCH_THREADS="1", SEGCAM_OVERLAP="on")[0] is True
 
 

@@ -645,44 +645,37 @@ class Bench:
                 "drift_pct": 100 * (held[-1] - held[0]) / held[0] if held else None,
             }  # fmt: skip
 
-    def run_batching(self) -> None:
+    def saturated(self, batch: int, overlap: bool | None = None) -> dict:
+        """The realistic model at ``batch``: the in-process limit and one saturated worker, with
+        the finishing lane as the run has it unless ``overlap`` says."""
         import torch
 
         torch.set_num_threads(self.args.threads)
         model, key = "deeplab", "realistic"
+        lane = self.overlap if overlap is None else overlap
+        lim = self.limit(model, key, self.args.seconds / 2, batch=batch, overlap=lane)
+        lim.pop("reference")
+        procs, url = self.segcam(models=model, SEGCAM_MAX_BATCH_SIZE=batch, SEGCAM_OVERLAP="on" if lane else "off")
+        try:
+            seg = closed_loop(url, self.imgs[key], model, 2 * batch + 2, self.args.seconds)
+        finally:
+            self.cleanup(procs)
+        return {"batch": batch, "limit": lim, "segcam": seg}
+
+    def run_batching(self) -> None:
         rows = []
         for b in (1, 2, 4, 8):
             self.log(f"batch {b}")
-            lim = self.limit(model, key, self.args.seconds / 2, batch=b)
-            lim.pop("reference")
-            procs, url = self.segcam(models=model, SEGCAM_MAX_BATCH_SIZE=b)
-            try:
-                seg = closed_loop(url, self.imgs[key], model, 2 * b + 2, self.args.seconds)
-            finally:
-                self.cleanup(procs)
-            rows.append({"batch": b, "limit": lim, "segcam": seg})
+            rows.append(self.saturated(b))
         self.out["sections"]["batching"] = rows
 
     def run_overlap(self) -> None:
-        """The finishing lane off and on, side by side (alternating), at batch 1 and the largest
-        batch: the in-process loop and one saturated worker, realistic model."""
-        import torch
-
-        torch.set_num_threads(self.args.threads)
-        model, key = "deeplab", "realistic"
+        """The finishing lane off and on, side by side (alternating), at batch 1 and 8."""
         rows = []
         for b in (1, 8):
             for lane in (False, True):
                 self.log(f"batch {b}, finishing lane {'on' if lane else 'off'}")
-                lim = self.limit(model, key, self.args.seconds / 2, batch=b, overlap=lane)
-                lim.pop("reference")
-                mode = "on" if lane else "off"
-                procs, url = self.segcam(models=model, SEGCAM_MAX_BATCH_SIZE=b, SEGCAM_OVERLAP=mode)
-                try:
-                    seg = closed_loop(url, self.imgs[key], model, 2 * b + 2, self.args.seconds)
-                finally:
-                    self.cleanup(procs)
-                rows.append({"batch": b, "overlap": lane, "limit": lim, "segcam": seg})
+                rows.append({**self.saturated(b, overlap=lane), "overlap": lane})
         self.out["sections"]["overlap"] = rows
 
     def run_precision(self) -> None:

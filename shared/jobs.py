@@ -443,9 +443,9 @@ class JobStore:
     def complete(
         self, done: list[Completed], artifacts: ArtifactStore, token: str | None = None, claims: list[str] | None = None
     ) -> list[bool]:
-        """Store the artifacts and results of succeeded jobs, their timings and (with ``token``)
-        the end of the token's claims, all of them or only ``claims`` (a worker that finishes one
-        batch while it runs the next): one round trip. Returns, per job, whether its result was
+        """Store the artifacts and results of succeeded jobs, their timings and the end of the
+        token's ``claims`` (only these: a worker may finish one batch while it runs the next
+        under the same token): one round trip. Returns, per job, whether its result was
         recorded (False: it was already final, e.g. after a duplicate run)."""
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
@@ -459,9 +459,7 @@ class JobStore:
             pipe.ltrim(k.service_times(d.queue), 0, 49)
             metrics.observe(pipe, k, "queue_wait", k.model_of(d.queue), d.queue_wait_s)
             metrics.observe(pipe, k, "service", k.model_of(d.queue), d.service_s)
-        if token is not None and claims is None:
-            pipe.delete(k.claims(token))
-        elif token is not None and claims:
+        if token is not None and claims:
             pipe.srem(k.claims(token), *claims)
         results = pipe.execute()
         return [bool(results[i]) for i in marks]

@@ -146,7 +146,7 @@ class JobRunner:
         if lane is None:
             outcome.update(settle())
         else:
-            outcome.update(lane.hand_off(settle, [f.records for f in later]))
+            outcome.update(lane.hand_off(settle, [rec for f in later for rec in f.records]))
         return outcome
 
     def _settle(self, token: str, claims: list[str], later: list[Finish], done: list) -> dict[str, str]:
@@ -372,14 +372,14 @@ class FinishLane:
         self.pending: Future | None = None
         self.records: list[JobRecord] = []
 
-    def hand_off(self, settle: Callable[[], dict[str, str]], records: list[list[JobRecord]]) -> dict[str, str]:
+    def hand_off(self, settle: Callable[[], dict[str, str]], records: list[JobRecord]) -> dict[str, str]:
         """Wait for the batch before (its outcomes are returned), then start ``settle``; started
         even when the batch before raised (a Redis error storing it), so this computed batch is
         still stored by the task's last ``wait`` rather than left running."""
         try:
             return self.wait()
         finally:
-            self.pending, self.records = _finisher().submit(settle), [r for rs in records for r in rs]
+            self.pending, self.records = _finisher().submit(settle), records
 
     def wait(self) -> dict[str, str]:
         pending, self.pending = self.pending, None

@@ -437,16 +437,16 @@ class Bench:
         import torch
 
         from worker.pipeline import default_threads
-        from worker.runtime import overlap_wanted
 
         self.args = args
         torch.set_num_threads(args.threads)
         self.device = bench_device(getattr(args, "device", "cpu"))
         # One count everywhere: the in-process limit, the workers and the direct endpoint.
         self.post_threads = getattr(args, "postprocess_threads", 0) or default_threads(torch.device(self.device))
-        # The finishing lane as a worker on this device runs it (auto: on beside a GPU), in the
-        # in-process limit and the workers alike.
-        self.overlap = overlap_wanted(getattr(args, "overlap", "auto"), torch.device(self.device))
+        # The finishing lane as a worker on this device decides it (auto: on beside a GPU, or
+        # where torch leaves a core idle), in the in-process limit and the workers alike.
+        self.lane_setting = getattr(args, "overlap", "auto")
+        self.overlap = self.lane_for(1)
         self.tmp = Path(tempfile.mkdtemp(prefix="segcam-bench-"))
         self.store = build_store(self.tmp / "store")
         self.imgs = {k: images(size) for k, (_, size) in MODELS.items()}
@@ -460,16 +460,25 @@ class Bench:
         self.out: dict = {"sections": {}}
         self.refs: dict[str, list] = {}
 
+    def lane_for(self, workers: int) -> bool:
+        """The finishing lane each of ``workers`` workers on this host decides for itself."""
+        import torch
+
+        from worker.runtime import overlap_wanted
+
+        cores = len(os.sched_getaffinity(0))
+        return overlap_wanted(self.lane_setting, torch.device(self.device), self.args.threads, cores, workers)
+
     def env(self, **extra) -> dict[str, str]:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         return {"SEGCAM_REDIS_URL": self.redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_MODEL_DIR": str(self.store),
                 "SEGCAM_DEVICE": self.device, "SEGCAM_TORCH_THREADS": str(self.args.threads),
                 "SEGCAM_POSTPROCESS_THREADS": str(self.post_threads), "SEGCAM_LOG_LEVEL": "WARNING",
-                "SEGCAM_OVERLAP": "on" if self.overlap else "off",
+                "SEGCAM_OVERLAP": self.lane_setting,
                 "SEGCAM_WORKER_HEARTBEAT_S": "1", **{k: str(v) for k, v in extra.items()}}  # fmt: skip
 
     def segcam(self, workers: int = 1, models: str = "", **extra) -> tuple[Procs, str]:
-        env = self.env(SEGCAM_WORKER_MODELS=models, **extra)
+        env = self.env(SEGCAM_WORKER_MODELS=models, SEGCAM_CPU_WORKERS=workers, **extra)
         procs = Procs(env, self.tmp)
         port = free_port()
         procs.spawn("api", API_CMD, SEGCAM_API_PORT=str(port), SEGCAM_API_HOST="127.0.0.1")
@@ -535,7 +544,8 @@ class Bench:
                     try:
                         poll, raw = label.endswith("_poll"), label.endswith("_raw")
                         res = closed_loop(url, self.imgs[key], model, clients, d, ref, poll=poll, raw=raw)
-                        runs[name] = {**res, "workers": workers, "max_batch": batch, "poll": poll, "raw_client": raw}
+                        runs[name] = {**res, "workers": workers, "max_batch": batch, "poll": poll, "raw_client": raw,
+                                      "overlap": self.lane_for(workers)}  # fmt: skip
                     finally:
                         self.cleanup(procs)
                     if label == "segcam_saturated":
@@ -675,7 +685,19 @@ class Bench:
         for b in (1, 8):
             for lane in (False, True):
                 self.log(f"batch {b}, finishing lane {'on' if lane else 'off'}")
-                rows.append({**self.saturated(b, overlap=lane), "overlap": lane})
+                rows.append({**self.saturated(b, overlap=lane), "overlap": lane, "workers": 1})
+        # On the CPU, one worker per core as well: there torch's threads take every core and the
+        # lane's thread has none of its own, which is why ``auto`` leaves it off there.
+        workers = len(os.sched_getaffinity(0)) // self.args.threads
+        if self.device == "cpu" and workers >= 2:
+            for lane in (False, True):
+                self.log(f"{workers} workers, finishing lane {'on' if lane else 'off'}")
+                procs, url = self.segcam(workers=workers, models="deeplab", SEGCAM_OVERLAP="on" if lane else "off")
+                try:
+                    seg = closed_loop(url, self.imgs["realistic"], "deeplab", 2 * workers + 2, self.args.seconds)
+                finally:
+                    self.cleanup(procs)
+                rows.append({"batch": 1, "limit": None, "segcam": seg, "overlap": lane, "workers": workers})
         self.out["sections"]["overlap"] = rows
 
     def run_precision(self) -> None:
@@ -796,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postprocess-threads", type=int, default=0,
                     help="post-processing threads, everywhere; 0: a worker's default on --device")  # fmt: skip
     ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
-                    help="the finishing lane (SEGCAM_OVERLAP) in every section; auto: on beside a GPU")  # fmt: skip
+                    help="the finishing lane (SEGCAM_OVERLAP) everywhere; auto: as each worker decides")  # fmt: skip
     ap.add_argument("--overload-factor", type=float, default=4.0)
     ap.add_argument("--memory-jobs", type=int, default=2000)
     ap.add_argument(

@@ -47,7 +47,16 @@ def plan(device_setting: str, cpu_workers: int, gpu_count: int, host: str, cpu_c
     n = max(1, cpu_workers)
     threads = str(max(1, cpu_cores // n))
     return [
-        Slot(f"cpu{i}@{host}", {"CUDA_VISIBLE_DEVICES": "", "SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": threads})
+        Slot(
+            f"cpu{i}@{host}",
+            {
+                "CUDA_VISIBLE_DEVICES": "",
+                "SEGCAM_DEVICE": "cpu",
+                "SEGCAM_TORCH_THREADS": threads,
+                # the workers' share of the cores: each decides its finishing lane from it
+                "SEGCAM_CPU_WORKERS": str(n),
+            },
+        )
         for i in range(n)
     ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import os
 
 import torch
 from PIL import Image
@@ -44,10 +45,19 @@ def warm_up(model: LoadedModel, threads: int = 1) -> None:
     Pipeline(model, threads).run([Item("warm-up", buf.getvalue())], Method.gradcam)
 
 
-def overlap_wanted(setting: str, device: torch.device) -> bool:
+def overlap_wanted(
+    setting: str, device: torch.device, torch_threads: int = 0, cores: int = 0, workers: int = 1
+) -> bool:
     """``auto``: beside a GPU, where the CPU half would otherwise leave the device idle. On the
-    CPU the two halves would compete for the cores torch was given."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    CPU only where torch leaves a core idle (``workers`` CPU workers on this host, each with
+    ``torch_threads``, fewer than ``cores``): there the lane hides the batch's finish and its
+    Redis round trips behind the next forward pass; where torch takes every core, the lane's
+    thread competes with it (docs/performance.md, eighth round)."""
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cuda":
+        return True
+    return torch_threads > 0 and torch_threads * max(1, workers) < cores
 
 
 def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
@@ -87,7 +97,9 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,
-        overlap=overlap_wanted(settings.overlap, device),
+        overlap=overlap_wanted(
+            settings.overlap, device, torch.get_num_threads(), len(os.sched_getaffinity(0)), settings.cpu_workers
+        ),
     )
     # Everything loaded so far (torch, the models, Celery) lives as long as the process. Left
     # to the collector, it makes each full collection walk ~500k objects: about 200 ms, paid

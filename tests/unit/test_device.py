@@ -41,6 +41,7 @@ def test_launcher_cpu_workers_split_the_cores():
     slots = plan("cpu", cpu_workers=2, gpu_count=4, host="h", cpu_cores=8)
     assert [s.name for s in slots] == ["cpu0@h", "cpu1@h"]
     assert all(s.env["SEGCAM_TORCH_THREADS"] == "4" and s.env["SEGCAM_DEVICE"] == "cpu" for s in slots)
+    assert all(s.env["SEGCAM_CPU_WORKERS"] == "2" for s in slots)  # so each knows its share of the cores
 
 
 def test_launcher_refuses_cuda_without_gpus():

@@ -87,18 +87,20 @@ def test_a_cpu_run_does_not_claim_the_gpu_targets():
 
 
 def test_the_lane_table_compares_each_batch_size_with_its_own_lane_off_run():
-    def row(b: int, lane: bool, lim: float, seg: float) -> dict:
+    def row(b: int, lane: bool, lim: float | None, seg: float, workers: int = 1) -> dict:
         seg_out = {"throughput_per_s": seg, "latency_ms": {"p50": 1.0, "p99": 2.0}, "clients": 2 * b + 2}
-        return {"batch": b, "overlap": lane, "limit": {"images_per_s": lim}, "segcam": seg_out}
+        limit = {"images_per_s": lim} if lim else None
+        return {"batch": b, "overlap": lane, "limit": limit, "segcam": seg_out, "workers": workers}
 
-    rows = [row(1, False, 10.0, 9.0), row(1, True, 15.0, 13.5), row(8, False, 20.0, 18.0), row(8, True, 30.0, 36.0)]
+    rows = [row(1, False, 10.0, 9.0), row(1, True, 15.0, 13.5), row(8, False, 20.0, 18.0), row(8, True, 30.0, 36.0),
+            row(1, False, None, 8.0, workers=2), row(1, True, None, 7.2, workers=2)]  # fmt: skip
     md = markdown({"machine": {"device": "cuda:0 NVIDIA H100"}, "overlap": True, "sections": {"overlap": rows}})
     assert "finishing lane (`SEGCAM_OVERLAP`): on" in md
-    table = [r.split("|")[1:-1] for r in md.split("## Finishing lane")[1].splitlines() if r.startswith("| 1 ")
-             or r.startswith("| 8 ")]  # fmt: skip
-    got = [(c[0].strip(), c[1].strip(), c[3].strip(), c[5].strip()) for c in table]
-    assert got == [("1", "off", "1.00", "1.00"), ("1", "on", "1.50", "1.50"), ("8", "off", "1.00", "1.00"),
-                   ("8", "on", "1.50", "2.00")]  # fmt: skip
+    table = [r.split("|")[1:-1] for r in md.split("## Finishing lane")[1].splitlines() if r[:4] in ("| 1 ", "| 2 ")]
+    got = [tuple(c[i].strip() for i in (0, 1, 2, 4, 6)) for c in table]
+    assert got == [("1", "1", "off", "1.00", "1.00"), ("1", "1", "on", "1.50", "1.50"),
+                   ("1", "8", "off", "1.00", "1.00"), ("1", "8", "on", "1.50", "2.00"),
+                   ("2", "1", "off", "-", "1.00"), ("2", "1", "on", "-", "0.90")]  # fmt: skip
 
 
 def test_the_in_process_limit_runs_the_lane_as_a_worker_does(monkeypatch):

@@ -94,14 +94,20 @@ class JobRunner:
             return self._round(token, [[job_id] for job_id in taken.job_ids], taken.loaded)
         outcome: dict[str, str] = {}
         lane = FinishLane(self) if self.overlap else None
+        busy = False  # the batch in hand was claimed right behind the one before
         try:
             while True:
                 while taken.job_ids:
                     batch = self._fill_batch(queue, token, taken)
-                    outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane))
+                    # The lane only while jobs queue back to back: at low load nothing computes
+                    # while a batch finishes, and a hand-off adds a thread switch to its latency.
+                    outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane if busy else None))
                     if time.monotonic() - started >= self.drain_s:
                         return outcome
                     taken = self._backlog(queue, token)
+                    busy = bool(taken.job_ids)
+                if lane is not None:  # the queue ran dry: the lane's batch is stored first, in order
+                    outcome.update(lane.wait())
                 if (heard := self._linger(queue, started)) is None:
                     return outcome
                 taken = self._backlog(queue, token, hint=heard or None)
@@ -362,10 +368,10 @@ class Finish:
 
 
 class FinishLane:
-    """Beside a GPU: one batch's CPU half (label maps, PNGs) and its completion round trip run
-    on a thread of their own while this thread claims and computes the next batch, so the
-    device does not wait for that work batch after batch (``SEGCAM_OVERLAP``). One batch at a
-    time in the lane: at most two batches in memory, completions in claim order."""
+    """While jobs queue back to back, one batch's CPU half (label maps, PNGs) and its completion
+    round trip run on a thread of their own while this thread claims and computes the next
+    batch, so the device does not wait for that work batch after batch (``SEGCAM_OVERLAP``).
+    One batch at a time in the lane: at most two batches in memory, completions in claim order."""
 
     def __init__(self, runner: JobRunner) -> None:
         self.runner = runner

@@ -282,18 +282,25 @@ def _after_done(jobs, job_id: str, then) -> threading.Thread:
     return t
 
 
-def test_an_idle_task_lingers_and_claims_the_next_submission_itself(parts, rclient, prefix):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_an_idle_task_lingers_and_claims_the_next_submission_itself(parts, rclient, prefix, monkeypatch, overlap):
+    """At low load the finishing lane stays out of the way: each job, with none queued behind
+    it, finishes on the task's thread."""
     jobs, _arts, runner, submit = parts
     queue = f"{prefix}.jobs.shapes"
     a, b = held_out(2)
     submit(f"{0:032x}", a.image, queue=queue)
     rclient.rpop(queue)  # Celery delivered job 0's message: the running token
+    real_finish, threads = Pipeline.finish, []
+    monkeypatch.setattr(Pipeline, "finish", lambda self, *a, **k: threads.append(threading.current_thread().name)
+                        or real_finish(self, *a, **k))  # fmt: skip
     t = _after_done(jobs, f"{0:032x}", lambda: submit(f"{1:032x}", b.image, queue=queue))
     started = time.monotonic()
-    out = runner(drain_s=60, linger_ms=600, queues=[queue]).run_token("tok", queue)
+    out = runner(drain_s=60, linger_ms=600, queues=[queue], overlap=overlap).run_token("tok", queue)
     took = time.monotonic() - started
     t.join()
     assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "succeeded"}
+    assert threads == ["MainThread", "MainThread"]
     assert jobs.get(f"{1:032x}").token == "tok"  # this task ran it ...
     assert rclient.llen(queue) == 0  # ... and its message came off the list: no task runs empty for it
     assert took < 10  # then it waited linger_ms more for a third job, and ended
@@ -343,7 +350,9 @@ def test_lingering_stops_at_the_drain_limit(parts, rclient, prefix):
 def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclient, prefix, monkeypatch):
     """SEGCAM_OVERLAP: batch N's CPU half and completion run on the lane's thread while this
     thread computes batch N+1; N's completion ends N's claims only, so a crash now would still
-    take N+1's jobs back. Results are the same bytes as without the lane."""
+    take N+1's jobs back. Only while jobs queue back to back: the token's first batch, claimed
+    with no batch before it, finishes on the task's thread (at low load a hand-off would only
+    add a thread switch to its latency). Results are the same bytes as without the lane."""
     jobs, arts, runner, submit = parts
     queue = f"{prefix}.jobs.shapes"
     ids = [f"{i:032x}" for i in range(6)]
@@ -352,14 +361,14 @@ def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclie
         submit(jid, s.image, queue=queue)
     rclient.rpop(queue)  # the running token's own message
     real_compute, real_finish = Pipeline.compute, Pipeline.finish
-    seen: dict[str, object] = {"computes": [], "finish_threads": set()}
-    second_started = threading.Event()
+    seen: dict[str, object] = {"computes": [], "finish_threads": []}
+    third_started = threading.Event()
 
     def compute(self, items, method, on_stage=None):
         batch = [it.job_id for it in items]
         seen["computes"].append(batch)
-        if len(seen["computes"]) == 2:
-            second_started.set()
+        if len(seen["computes"]) == 3:
+            third_started.set()
         if len(seen["computes"]) == 3:  # batch 2 is in the lane: once it is stored, only batch 3 is claimed
             end = time.monotonic() + 10
             while not jobs.get(ids[3]).status.final and time.monotonic() < end:
@@ -368,9 +377,9 @@ def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclie
         return real_compute(self, items, method, on_stage)
 
     def finish(self, computed, on_stage=None):
-        seen["finish_threads"].add(threading.current_thread().name.split("_")[0])
-        if "overlapped" not in seen:  # the first batch waits here until the second one computes
-            seen["overlapped"] = second_started.wait(10)
+        seen["finish_threads"].append(threading.current_thread().name.split("_")[0])
+        if len(seen["finish_threads"]) == 2:  # batch 2, in the lane, waits here until batch 3 computes
+            seen["overlapped"] = third_started.wait(10)
         return real_finish(self, computed, on_stage)
 
     monkeypatch.setattr(Pipeline, "compute", compute)
@@ -378,7 +387,7 @@ def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclie
     out = runner(batch=2, drain_s=60, overlap=True).run_token("tok", queue)
     assert out == dict.fromkeys(ids, "succeeded")
     assert seen["computes"] == [ids[0:2], ids[2:4], ids[4:6]]
-    assert seen["overlapped"] is True and seen["finish_threads"] == {"finish"}
+    assert seen["overlapped"] is True and seen["finish_threads"] == ["MainThread", "finish", "finish"]
     assert seen["claims_after_batch_2"] == ids[4:6]
     assert jobs.claimed("tok") == [] and rclient.llen(queue) == 0
     monkeypatch.undo()
@@ -420,61 +429,71 @@ def test_a_job_that_breaks_while_finishing_fails_alone_without_a_second_pass(par
     assert jobs.claimed("tok") == []
 
 
-def test_the_time_limit_reached_while_the_lane_is_stuck_fails_its_jobs(parts, monkeypatch):
+def test_the_time_limit_reached_while_the_lane_is_stuck_fails_its_jobs(parts, rclient, prefix, monkeypatch):
     """Celery's soft time limit is a signal, handled on the task's thread, never the lane's: the
     task's thread, waiting for the lane, fails the lane's jobs as timed out; what the stuck
     thread stores later is dropped."""
     jobs, _arts, runner, submit = parts
-    submit("a" * 32, held_out(1)[0].image)
+    queue = f"{prefix}.jobs.shapes"
+    first, second = "a" * 32, "b" * 32
+    for jid, s in zip((first, second), held_out(2), strict=True):
+        submit(jid, s.image, queue=queue)
+    rclient.rpop(queue)
     real_finish = Pipeline.finish
     release = threading.Event()
+    threads = []
 
-    def stuck(self, computed, on_stage=None):
-        release.wait(30)
+    def stuck_second(self, computed, on_stage=None):
+        threads.append(threading.current_thread().name.split("_")[0])
+        if len(threads) == 2:  # the second job, claimed right behind the first: in the lane
+            release.wait(30)
         return real_finish(self, computed, on_stage)
 
     def soft_limit(_signum, _frame):
         raise SoftTimeLimitExceeded()
 
-    monkeypatch.setattr(Pipeline, "finish", stuck)
+    monkeypatch.setattr(Pipeline, "finish", stuck_second)
     before = signal.signal(signal.SIGALRM, soft_limit)
     signal.setitimer(signal.ITIMER_REAL, 1.5)
     try:
-        out = runner(overlap=True).run_token("tok", QUEUE)
+        out = runner(drain_s=60, overlap=True).run_token("tok", queue)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
-    assert out == {"a" * 32: "failed"}
-    assert jobs.get("a" * 32).error.code == "timeout"
+    assert out == {first: "succeeded", second: "failed"}
+    assert threads == ["MainThread", "finish"]
+    assert jobs.get(second).error.code == "timeout"
     release.set()
     end = time.monotonic() + 20
     while jobs.claimed("tok") and time.monotonic() < end:  # the stuck thread finishes, its result refused
         time.sleep(0.05)
     assert jobs.claimed("tok") == []
-    rec = jobs.get("a" * 32)
+    rec = jobs.get(second)
     assert rec.status is JobStatus.failed and rec.result is None
 
 
 def test_a_failed_store_in_the_lane_does_not_strand_the_next_computed_batch(parts, rclient, prefix, monkeypatch):
-    """Storing batch 1 fails (Redis went away for a moment): the task ends with that error, as
-    without the lane, but batch 2, computed meanwhile, is still stored rather than left running."""
+    """Storing batch 2, in the lane, fails (Redis went away for a moment): the task ends with that
+    error, as without the lane, but batch 3, computed meanwhile, is still stored rather than left
+    running."""
     jobs, _arts, runner, submit = parts
     queue = f"{prefix}.jobs.shapes"
-    ids = [f"{i:032x}" for i in range(4)]
-    for jid, s in zip(ids, held_out(4), strict=True):
+    ids = [f"{i:032x}" for i in range(6)]
+    for jid, s in zip(ids, held_out(6), strict=True):
         submit(jid, s.image, queue=queue)
     rclient.rpop(queue)
     real, calls = jobs.complete, []
 
     def flaky(done, *a, **k):
         calls.append([d.job_id for d in done])
-        if len(calls) == 1:
+        if len(calls) == 2:
             raise redis.ConnectionError("Redis went away")
         return real(done, *a, **k)
 
     monkeypatch.setattr(jobs, "complete", flaky)
     with pytest.raises(redis.ConnectionError):
         runner(batch=2, drain_s=60, overlap=True).run_token("tok", queue)
-    assert calls == [ids[0:2], ids[2:4]]
-    assert [jobs.get(j).status for j in ids] == [JobStatus.running] * 2 + [JobStatus.succeeded] * 2
-    assert sorted(jobs.claimed("tok")) == ids[0:2]  # a redelivered token takes them back
+    assert calls == [ids[0:2], ids[2:4], ids[4:6]]
+    statuses = [JobStatus.succeeded] * 2 + [JobStatus.running] * 2 + [JobStatus.succeeded] * 2
+    assert [jobs.get(j).status for j in ids] == statuses
+    assert sorted(jobs.claimed("tok")) == ids[2:4]  # a redelivered token takes them back

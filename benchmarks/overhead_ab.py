@@ -5,6 +5,7 @@
     python -m benchmarks.overhead_ab 72fdd98 HEAD --post-wait   # both have POST ?wait
     python -m benchmarks.overhead_ab 16a1d61 HEAD --raw         # POST ?wait from a raw-socket client
     python -m benchmarks.overhead_ab 72fdd98 HEAD --gateway     # accepted submissions/s instead
+    python -m benchmarks.overhead_ab 5e47c7e HEAD --model realistic --clients 4 --post-wait  # saturated
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
 (this checkout's virtualenv), against the same Redis, images and client, one client waiting
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--post-wait", action="store_true", help="wait with POST ?wait (commits from aa843fb on)")
     ap.add_argument("--raw", action="store_true", help="POST ?wait from a raw-socket client instead of httpx")
     ap.add_argument("--gateway", action="store_true", help="the gateway alone: accepted submissions/s, API CPU")
+    ap.add_argument("--clients", type=int, default=1, help="closed-loop clients; more than 1 saturates the worker")
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
@@ -63,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 procs, url = bench.segcam(models=model)
                 try:
-                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds,
+                    res = run.closed_loop(url, bench.imgs[args.model], model, args.clients, args.seconds,
                                           poll=not (args.post_wait or args.raw), raw=args.raw)  # fmt: skip
                 finally:
                     bench.cleanup(procs)
                 rows[rev].append(res)
-                print(f"round {i + 1} {rev}: overhead p50 {res['overhead_ms']['p50']:.2f} ms", flush=True)
+                print(f"round {i + 1} {rev}: overhead p50 {res['overhead_ms']['p50']:.2f} ms, "
+                      f"{res['throughput_per_s']:.2f} images/s", flush=True)  # fmt: skip
     finally:
         bench.close()
         for tree in trees.values():
@@ -82,17 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         a, b = args.revisions
         print(f"\naccepted/s ratio {b} / {a}: {summary[b]['accepted_per_s'] / summary[a]['accepted_per_s']:.2f}")
         return _save(args, rows, summary)
-    print("\n| commit | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms |")
-    print("|---|---|---|---|---|")
+    print("\n| commit | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms | images/s |")
+    print("|---|---|---|---|---|---|")
     summary = {}
     for rev, rs in rows.items():
         s = {k: statistics.median(r[k2][k3] for r in rs) for k, (k2, k3) in
              {"overhead_p50": ("overhead_ms", "p50"), "overhead_p99": ("overhead_ms", "p99"),
               "latency_p50": ("latency_ms", "p50")}.items()}  # fmt: skip
+        s["images_per_s"] = statistics.median(r["throughput_per_s"] for r in rs)
         summary[rev] = s
-        print(f"| {rev} | {len(rs)} | {s['overhead_p50']:.2f} | {s['overhead_p99']:.2f} | {s['latency_p50']:.1f} |")
+        print(f"| {rev} | {len(rs)} | {s['overhead_p50']:.2f} | {s['overhead_p99']:.2f} | {s['latency_p50']:.1f} "
+              f"| {s['images_per_s']:.2f} |")  # fmt: skip
     a, b = args.revisions
-    print(f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}")
+    print(
+        f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}; "
+        f"images/s ratio: {summary[b]['images_per_s'] / summary[a]['images_per_s']:.2f}"
+    )
     return _save(args, rows, summary)
 
 

@@ -21,6 +21,12 @@ def _check(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _code(code: dict) -> str:
+    if not code.get("commit"):
+        return "unknown (not a git checkout)"
+    return f"commit {code['commit']}" + (" with local changes to tracked files" if code.get("local_changes") else "")
+
+
 def markdown(run: dict) -> str:
     m = run.get("machine", {})
     s = run["sections"]
@@ -34,7 +40,7 @@ def markdown(run: dict) -> str:
         f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; post-processing "
         f"threads: {run.get('postprocess_threads', 1)}; finishing lane (`SEGCAM_OVERLAP`): "
         f"{'on' if run.get('overlap') else 'off'}; {_f(args.get('seconds'), 0)} s per timed run. One worker "
-        "unless stated.",
+        "unless stated." + (f" Code: {_code(run['code'])}." if "code" in run else ""),
         "",
     ]
     targets = []

@@ -806,6 +806,20 @@ def machine(device: str = "cpu") -> dict:
             "device": f"{device} {torch.cuda.get_device_name(device)}" if "cuda" in device else "cpu"}  # fmt: skip
 
 
+def code_version(root: Path = ROOT) -> dict:
+    """The commit the run measured, and whether tracked files differed from it: a figure quoted
+    later can then be rerun on the same code (``benchmarks.overhead_ab`` takes the commit)."""
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()  # fmt: skip
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "local_changes": None}  # not a git checkout (a GPU kit's copy)
+    return {"commit": commit, "local_changes": bool(status.strip())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -834,8 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench = Bench(args)
     started = datetime.now(UTC)
-    bench.out.update(machine=machine(bench.device), started=started.isoformat(timespec="seconds"), args=vars(args),
-                     postprocess_threads=bench.post_threads, overlap=bench.overlap)  # fmt: skip
+    bench.out.update(machine=machine(bench.device), code=code_version(), started=started.isoformat(timespec="seconds"),
+                     args=vars(args), postprocess_threads=bench.post_threads, overlap=bench.overlap)  # fmt: skip
     try:
         if "compare" in only:
             bench.run_limit_and_http()

@@ -125,3 +125,23 @@ def test_the_in_process_limit_runs_the_lane_as_a_worker_does(monkeypatch):
     got = run.limit(ROOT / "models" / "store", "shapes", imgs, 0.5, batch=2, overlap=True)
     assert got["images"] >= 2 and sum(finished) == got["images"] + 1  # + the reference run's image
     assert threads == {True, False}  # the reference on this thread, the loop's batches on the lane's
+
+
+def test_a_run_records_the_commit_it_measured(tmp_path):
+    """A quoted figure names its code, so it can be rerun on it (``overhead_ab`` takes a commit)."""
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert run.code_version(tmp_path) == {"commit": head, "local_changes": False}
+    (tmp_path / "untracked.txt").write_text("results\n")  # a run's own output is not a code change
+    assert run.code_version(tmp_path)["local_changes"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert run.code_version(tmp_path) == {"commit": head, "local_changes": True}
+    assert f"Code: commit {head} with local changes to tracked files." in markdown(
+        {"code": run.code_version(tmp_path), "sections": {}}
+    )
+    assert run.code_version(tmp_path / "nowhere") == {"commit": None, "local_changes": None}
+    assert "Code: unknown (not a git checkout)." in markdown({"code": {"commit": None}, "sections": {}})

@@ -84,10 +84,6 @@ class Settings(BaseSettings):
     # Run one batch's CPU half (label maps, PNGs, storing it) on its own thread while the next
     # batch computes. auto: beside a GPU only (on the CPU both halves want the same cores).
     overlap: str = Field("auto", pattern=r"^(auto|on|off)$")
-    # CPU priority of the worker processes (os.nice increment, inherited by the pool child): where
-    # workers share cores with the API and Redis, the gateway keeps answering (a refusal, a
-    # status) while the model computes. 0: the same priority as everything else.
-    worker_nice: int = Field(0, ge=0, le=19)
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150
     visibility_timeout_s: int = 600

@@ -63,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SEGCAM_WORKER_MODELS"] = ",".join(models)
     get_settings.cache_clear()
 
-    if settings.worker_nice:
-        os.nice(settings.worker_nice)  # before Celery forks its pool child, which inherits it
     from worker.app import app  # imported late: settings above must be in place first
 
     keys = Keys(settings.key_prefix)

@@ -263,4 +263,4 @@ def markdown(run: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    sys.stdout.write(markdown(json.loads(Path(sys.argv[1]).read_text())))

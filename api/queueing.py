@@ -71,7 +71,7 @@ def enqueue(
         message=message,
     )
     if created.full:
-        retry = retry_after_s(created.position or s.max_queue_depth, s.max_queue_depth, svc.jobs.drain_rate(queue))
+        retry = retry_after_s(created.position or s.max_queue_depth, s.max_queue_depth, created.drain_per_s)
         raise ApiError(
             429,
             "queue_full",

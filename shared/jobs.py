@@ -33,14 +33,16 @@ from shared.schemas import FINAL_STATUSES, ErrorInfo, JobResult, JobSpec, JobSta
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
 # KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash,
-# broker list (the Celery queue).
+# broker list (the Celery queue), completions zset.
 # ARGV: job id, job ttl, priority band, max queue depth (0: none), idempotency ttl (0: no key),
 # request fingerprint, queue channel, model, variant ('' if none), Celery message ('' for
-# none), then field/value pairs of the record.
+# none), start of the drain-rate window, then field/value pairs of the record.
 # The upload is not an argument: a 64 KB string costs Redis about 0.1 ms to pass into Lua (and
 # as much to pass out), against a few microseconds for a plain SET. The caller SETs it in the
 # same MULTI, just before this script, which deletes it again when no job is created.
-# Returns {'ok', position} | {'full', depth} | {'replay', "job_id fingerprint"}. One round trip.
+# Returns {'ok', position} | {'full', depth, jobs finished in the window, the oldest one's time
+# ('' if none)} | {'replay', "job_id fingerprint"}. One round trip, a refusal's Retry-After
+# included (see JobStore.drain_rate).
 _CREATE = """
 if tonumber(ARGV[5]) > 0 then
   local prev = redis.call('GET', KEYS[5])
@@ -53,10 +55,12 @@ local depth = redis.call('ZCARD', KEYS[2])
 if tonumber(ARGV[4]) > 0 and depth >= tonumber(ARGV[4]) then
   redis.call('DEL', KEYS[4])
   redis.call('HINCRBY', KEYS[6], 'rejected|queue_full|' .. ARGV[8], 1)
-  return {'full', depth}
+  local done = redis.call('ZCOUNT', KEYS[9], ARGV[11], '+inf')
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[9], ARGV[11], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return {'full', depth, done, oldest[2] or ''}
 end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) * 1e12 + seq, ARGV[1])
 if tonumber(ARGV[5]) > 0 then
@@ -232,6 +236,7 @@ class Created:
     job_id: str
     position: int | None = None
     full: bool = False
+    drain_per_s: float = 0.0  # with ``full``: the queue's drain rate (``JobStore.drain_rate``)
     replayed: bool = False
     fingerprint_matches: bool = True
 
@@ -294,6 +299,11 @@ class JobRecord:
         )
 
 
+def _per_s(done: int, oldest: float, now: float) -> float:
+    """``done`` jobs finished since ``oldest``, per second (at least over one second)."""
+    return done / max(1.0, now - oldest) if done else 0.0
+
+
 class JobStore:
     def __init__(
         self, client: redis.Redis, keys: Keys, job_ttl_s: int, upload_ttl_s: int, claims_ttl_s: int = 7200
@@ -303,6 +313,7 @@ class JobStore:
         self.keys = keys
         self.job_ttl_s = job_ttl_s
         self.upload_ttl_s = upload_ttl_s
+        self.drain_window_s = 60.0  # the past that a queue's drain rate (Retry-After) is measured over
         self._cancel = client.register_script(_CANCEL)
 
     def create(
@@ -322,6 +333,7 @@ class JobStore:
         """Store the upload and the record, enter the queue order and push the Celery
         ``message`` (see ``shared.celery_app.task_message``), atomically, unless the queue is
         full or the idempotency key was seen (then the earlier job is returned)."""
+        now = time.time()
         fields = {
             "id": job_id,
             "status": JobStatus.queued.value,
@@ -329,7 +341,7 @@ class JobStore:
             "method": spec.method.value,
             "queue": queue,
             "owner": owner,
-            "created_at": repr(time.time()),
+            "created_at": repr(now),
             "deliveries": 0,
         }
         flat = [x for kv in fields.items() for x in kv]
@@ -337,16 +349,18 @@ class JobStore:
         idem_ttl = idempotency_ttl_s if idempotency_key else 0
         model = k.model_of(queue)
         keys = [k.job(job_id), k.queued(queue), k.sequence(), k.upload(job_id),
-                k.idempotency(owner, idempotency_key or ""), k.metrics(), k.variants(model), queue]  # fmt: skip
+                k.idempotency(owner, idempotency_key or ""), k.metrics(), k.variants(model), queue,
+                k.completions(queue)]  # fmt: skip
         args = [job_id, self.job_ttl_s, priority_band, max_depth, idem_ttl, fingerprint, k.queue_events(queue), model,
-                spec.variant or "", message, *flat]  # fmt: skip
+                spec.variant or "", message, repr(now - self.drain_window_s), *flat]  # fmt: skip
         pipe = self.r.pipeline(transaction=True)  # MULTI: the upload and the job exist together or not at all
         pipe.set(k.upload(job_id), upload, ex=self.upload_ttl_s)
         pipe.eval(_CREATE, len(keys), *keys, *args)  # by its body, as _queue_finish does: no SCRIPT EXISTS first
-        kind, value = pipe.execute()[1]
+        kind, value, *drain = pipe.execute()[1]
         kind = kind.decode()
         if kind == "full":
-            return Created(job_id="", full=True, position=int(value))
+            done, oldest = int(drain[0]), float(drain[1]) if drain[1] else now
+            return Created(job_id="", full=True, position=int(value), drain_per_s=_per_s(done, oldest, now))
         if kind == "replay":
             prev_id, _, prev_fp = value.decode().partition(" ")
             return Created(job_id=prev_id, replayed=True, fingerprint_matches=prev_fp == fingerprint)
@@ -498,19 +512,6 @@ class JobStore:
 
     def stage_reports(self) -> StageReports:
         return StageReports(self)
-
-    def drain_rate(self, queue: str, window_s: float = 60.0) -> float:
-        """Jobs finished per second over the last minute (0.0 when nothing finished yet).
-
-        Two O(log N) reads, not the window's members: a full queue asks this on every refusal."""
-        now = time.time()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zcount(self.keys.completions(queue), now - window_s, "+inf")
-        pipe.zrangebyscore(self.keys.completions(queue), now - window_s, "+inf", start=0, num=1, withscores=True)
-        count, oldest = pipe.execute()
-        if not count:
-            return 0.0
-        return count / max(1.0, now - oldest[0][1])
 
     def _finalize(self, job_id: str, queue: str, status: JobStatus, field: str, value: str) -> bool:
         pipe = self.r.pipeline(transaction=False)

@@ -212,14 +212,30 @@ def test_idempotency_key_replays_the_first_job_and_checks_the_request(store):
     assert not scoped.replayed  # idempotency keys are per API key
 
 
-def test_drain_rate_counts_jobs_finished_in_the_last_minute(store):
-    assert store.drain_rate("q") == 0.0
+def test_a_refusal_carries_the_queue_drain_rate_from_the_same_round_trip(store, rclient):
+    """A full queue's refusal needs its Retry-After, from the jobs finished in the last minute:
+    the create script returns them, so a refusal is one round trip, not two."""
+    full = store.create("f" * 32, SPEC, "q", b"i", max_depth=1, owner="a")
+    assert full.position == 0  # the queue's one place taken
+    refused = store.create("e" * 32, SPEC, "q", b"i", max_depth=1)
+    assert refused.full and refused.drain_per_s == 0.0  # nothing finished yet
+    assert store.get("e" * 32) is None and rclient.get(store.keys.upload("e" * 32)) is None
     for i in range(4):
         store.create(f"{i:032x}", SPEC, "q", b"i")
-    store.claim("q", "t", "w", max_jobs=4)
+    store.claim("q", "t", "w", max_jobs=5)
     for i in range(4):
         store.succeed(f"{i:032x}", "q", RESULT)
-    assert store.drain_rate("q") == 4.0  # four in (at least) one second
+    store.create("d" * 32, SPEC, "q", b"i")  # the queue holds one job again
+    refused = store.create("c" * 32, SPEC, "q", b"i", max_depth=1)
+    assert refused.full and refused.position == 1
+    assert refused.drain_per_s == 4.0  # four in (at least) one second
+    old = rclient.zrange(store.keys.completions("q"), 0, 0, withscores=True)[0]
+    rclient.zadd(store.keys.completions("q"), {old[0]: old[1] - 120})  # finished before the window
+    assert store.create("b" * 32, SPEC, "q", b"i", max_depth=1).drain_per_s == 3.0
+    rec = store.get("d" * 32)  # the record's fields after the window's argument, each in its place
+    assert rec.status is JobStatus.queued and rec.spec == SPEC and rec.queue == "q" and rec.deliveries == 0
+    fields = {k.decode() for k in rclient.hkeys(store.keys.job("d" * 32))}
+    assert fields == {"seq", "id", "status", "spec", "method", "queue", "owner", "created_at", "deliveries"}
 
 
 def test_cancel_a_queued_job_removes_it_from_the_order(store):

@@ -5,6 +5,7 @@
     python -m benchmarks.overhead_ab 72fdd98 HEAD --post-wait   # both have POST ?wait
     python -m benchmarks.overhead_ab 16a1d61 HEAD --raw         # POST ?wait from a raw-socket client
     python -m benchmarks.overhead_ab 72fdd98 HEAD --gateway     # accepted submissions/s instead
+    python -m benchmarks.overhead_ab 4eb7961 HEAD --refusals    # refusals/s and their latency (a full queue)
     python -m benchmarks.overhead_ab 5e47c7e HEAD --model realistic --clients 4 --post-wait  # saturated
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
@@ -46,22 +47,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--post-wait", action="store_true", help="wait with POST ?wait (commits from aa843fb on)")
     ap.add_argument("--raw", action="store_true", help="POST ?wait from a raw-socket client instead of httpx")
     ap.add_argument("--gateway", action="store_true", help="the gateway alone: accepted submissions/s, API CPU")
+    ap.add_argument("--refusals", action="store_true", help="the gateway alone, its queue full: refusals/s")
     ap.add_argument("--clients", type=int, default=1, help="closed-loop clients; more than 1 saturates the worker")
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
     trees = {rev: worktree(rev, tmp) for rev in args.revisions}
     model, _ = run.MODELS[args.model]
+    # with a full queue every answer but the first is a 429: all requests count
+    rate, label = ("rps", "refusals") if args.refusals else ("accepted_per_s", "accepted")
     rows: dict[str, list[dict]] = {rev: [] for rev in args.revisions}
     try:
         for i in range(args.rounds):
             for rev, tree in trees.items():
                 run.ROOT = tree  # processes start from the worktree
-                if args.gateway:
-                    bench.run_gateway()
+                if args.gateway or args.refusals:
+                    bench.run_gateway(max_depth=1 if args.refusals else 10**9)
                     res = bench.out["sections"]["gateway"]
                     rows[rev].append(res)
-                    print(f"round {i + 1} {rev}: {res['accepted_per_s']:.0f} accepted/s", flush=True)
+                    print(f"round {i + 1} {rev}: {res[rate]:.0f} {label}/s", flush=True)
                     continue
                 procs, url = bench.segcam(models=model)
                 try:
@@ -76,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
-    if args.gateway:
-        print("\n| commit | rounds | accepted/s (median of rounds) | p50 ms | p99 ms |\n|---|---|---|---|---|")
-        summary = {rev: {k: statistics.median(r[k] for r in rs) for k in ("accepted_per_s", "p50_ms", "p99_ms")}
+    if args.gateway or args.refusals:
+        print(f"\n| commit | rounds | {label}/s (median of rounds) | p50 ms | p99 ms |\n|---|---|---|---|---|")
+        summary = {rev: {k: statistics.median(r[k] for r in rs) for k in (rate, "p50_ms", "p99_ms")}
                    for rev, rs in rows.items()}  # fmt: skip
         for rev, s in summary.items():
-            print(f"| {rev} | {args.rounds} | {s['accepted_per_s']:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
+            print(f"| {rev} | {args.rounds} | {s[rate]:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
         a, b = args.revisions
-        print(f"\naccepted/s ratio {b} / {a}: {summary[b]['accepted_per_s'] / summary[a]['accepted_per_s']:.2f}")
+        print(f"\n{label}/s ratio {b} / {a}: {summary[b][rate] / summary[a][rate]:.2f}")
         return _save(args, rows, summary)
     print("\n| commit | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms | images/s |")
     print("|---|---|---|---|---|---|")
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _save(args: argparse.Namespace, rows: dict, summary: dict) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(__file__).parent / "results" / f"{'gateway' if args.gateway else 'overhead'}_ab-{stamp}.json"
+    kind = "refusals" if args.refusals else "gateway" if args.gateway else "overhead"
+    out = Path(__file__).parent / "results" / f"{kind}_ab-{stamp}.json"
     out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary},
                               indent=2) + "\n")  # fmt: skip
     print(f"wrote {out}")

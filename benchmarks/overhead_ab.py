@@ -6,6 +6,7 @@
     python -m benchmarks.overhead_ab 16a1d61 HEAD --raw         # POST ?wait from a raw-socket client
     python -m benchmarks.overhead_ab 72fdd98 HEAD --gateway     # accepted submissions/s instead
     python -m benchmarks.overhead_ab 4eb7961 HEAD --refusals    # refusals/s and their latency (a full queue)
+    python -m benchmarks.overhead_ab 4eb7961 HEAD --overload 4  # refusal latency with a worker at 4x capacity
     python -m benchmarks.overhead_ab 5e47c7e HEAD --model realistic --clients 4 --post-wait  # saturated
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", action="store_true", help="POST ?wait from a raw-socket client instead of httpx")
     ap.add_argument("--gateway", action="store_true", help="the gateway alone: accepted submissions/s, API CPU")
     ap.add_argument("--refusals", action="store_true", help="the gateway alone, its queue full: refusals/s")
+    ap.add_argument("--overload", type=float, metavar="FACTOR",
+                    help="open-loop arrivals at FACTOR x the in-process limit (queue bound 8): refusals")  # fmt: skip
     ap.add_argument("--clients", type=int, default=1, help="closed-loop clients; more than 1 saturates the worker")
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     # with a full queue every answer but the first is a 429: all requests count
     rate, label = ("rps", "refusals") if args.refusals else ("accepted_per_s", "accepted")
     rows: dict[str, list[dict]] = {rev: [] for rev in args.revisions}
+    if args.overload:
+        return overload(args, bench, trees, rows)
     try:
         for i in range(args.rounds):
             for rev, tree in trees.items():
@@ -108,9 +113,48 @@ def main(argv: list[str] | None = None) -> int:
     return _save(args, rows, summary)
 
 
+def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]]) -> int:
+    """Both commits' stacks (API and one worker, queue bound 8) under the same open-loop rate,
+    ``--overload`` x the in-process limit measured once first: the latency of the refusals,
+    and whether every accepted job completed."""
+    model, _ = run.MODELS[args.model]
+    imgs = bench.imgs[args.model]
+    rate = args.overload * bench.limit(model, args.model, args.seconds / 2)["images_per_s"]
+    try:
+        for i in range(args.rounds):
+            for rev, tree in trees.items() if i % 2 == 0 else reversed(trees.items()):
+                run.ROOT = tree
+                procs, url = bench.segcam(models=model, SEGCAM_MAX_QUEUE_DEPTH=8)
+                try:
+                    res = run.overload_segcam(url, imgs, model, rate, args.seconds)
+                finally:
+                    bench.cleanup(procs)
+                rows[rev].append({**res, "rate_per_s": rate})
+                print(f"round {i + 1} {rev}: refusal p50 {res['refusal_ms']['p50']:.1f} ms, "
+                      f"p99 {res['refusal_ms']['p99']:.1f} ms, lost {res['accepted_lost']}", flush=True)  # fmt: skip
+    finally:
+        bench.close()
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
+    print(f"\n{args.model} model at {rate:.1f}/s\n")
+    print("| commit | rounds | refusal p50 ms (median of rounds) | refusal p99 ms | completed | lost |")
+    print("|---|---|---|---|---|---|")
+    summary = {}
+    for rev, rs in rows.items():
+        summary[rev] = {"refusal_p50": statistics.median(r["refusal_ms"]["p50"] for r in rs),
+                        "refusal_p99": statistics.median(r["refusal_ms"]["p99"] for r in rs),
+                        "completed": sum(r["accepted_completed"] for r in rs),
+                        "lost": sum(r["accepted_lost"] for r in rs)}  # fmt: skip
+        s = summary[rev]
+        cells = [rev, len(rs), f"{s['refusal_p50']:.1f}", f"{s['refusal_p99']:.1f}", s["completed"], s["lost"]]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    return _save(args, rows, summary)
+
+
 def _save(args: argparse.Namespace, rows: dict, summary: dict) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    kind = "refusals" if args.refusals else "gateway" if args.gateway else "overhead"
+    kind = ("overload" if args.overload else "refusals" if args.refusals else "gateway" if args.gateway
+            else "overhead")  # fmt: skip
     out = Path(__file__).parent / "results" / f"{kind}_ab-{stamp}.json"
     out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary},
                               indent=2) + "\n")  # fmt: skip

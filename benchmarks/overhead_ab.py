@@ -5,8 +5,8 @@
     python -m benchmarks.overhead_ab 72fdd98 HEAD --post-wait   # both have POST ?wait
     python -m benchmarks.overhead_ab 16a1d61 HEAD --raw         # POST ?wait from a raw-socket client
     python -m benchmarks.overhead_ab 72fdd98 HEAD --gateway     # accepted submissions/s instead
-    python -m benchmarks.overhead_ab 4eb7961 HEAD --refusals    # refusals/s and their latency (a full queue)
-    python -m benchmarks.overhead_ab 4eb7961 HEAD --overload 4  # refusal latency with a worker at 4x capacity
+    python -m benchmarks.overhead_ab fc2244c HEAD --refusals    # refusals/s and their latency (a full queue)
+    python -m benchmarks.overhead_ab fc2244c HEAD --overload 4  # refusal latency with a worker at 4x capacity
     python -m benchmarks.overhead_ab 5e47c7e HEAD --model realistic --clients 4 --post-wait  # saturated
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,29 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict]] = {rev: [] for rev in args.revisions}
     if args.overload:
         return overload(args, bench, trees, rows)
-    try:
-        for i in range(args.rounds):
-            for rev, tree in trees.items():
-                run.ROOT = tree  # processes start from the worktree
-                if args.gateway or args.refusals:
-                    bench.run_gateway(max_depth=1 if args.refusals else 10**9)
-                    res = bench.out["sections"]["gateway"]
-                    rows[rev].append(res)
-                    print(f"round {i + 1} {rev}: {res[rate]:.0f} {label}/s", flush=True)
-                    continue
-                procs, url = bench.segcam(models=model)
-                try:
-                    res = run.closed_loop(url, bench.imgs[args.model], model, args.clients, args.seconds,
-                                          poll=not (args.post_wait or args.raw), raw=args.raw)  # fmt: skip
-                finally:
-                    bench.cleanup(procs)
-                rows[rev].append(res)
-                print(f"round {i + 1} {rev}: overhead p50 {res['overhead_ms']['p50']:.2f} ms, "
-                      f"{res['throughput_per_s']:.2f} images/s", flush=True)  # fmt: skip
-    finally:
-        bench.close()
-        for tree in trees.values():
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
+
+    def measure(rev: str, n: int) -> dict:
+        if args.gateway or args.refusals:
+            bench.run_gateway(max_depth=1 if args.refusals else 10**9)
+            res = bench.out["sections"]["gateway"]
+            print(f"round {n} {rev}: {res[rate]:.0f} {label}/s", flush=True)
+            return res
+        procs, url = bench.segcam(models=model)
+        try:
+            res = run.closed_loop(url, bench.imgs[args.model], model, args.clients, args.seconds,
+                                  poll=not (args.post_wait or args.raw), raw=args.raw)  # fmt: skip
+        finally:
+            bench.cleanup(procs)
+        print(f"round {n} {rev}: overhead p50 {res['overhead_ms']['p50']:.2f} ms, "
+              f"{res['throughput_per_s']:.2f} images/s", flush=True)  # fmt: skip
+        return res
+
+    alternate(args.rounds, bench, trees, rows, measure)
     if args.gateway or args.refusals:
         print(f"\n| commit | rounds | {label}/s (median of rounds) | p50 ms | p99 ms |\n|---|---|---|---|---|")
         summary = {rev: {k: statistics.median(r[k] for r in rs) for k in (rate, "p50_ms", "p99_ms")}
@@ -113,6 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     return _save(args, rows, summary)
 
 
+def alternate(rounds: int, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]],
+              measure: Callable[[str, int], dict], abba: bool = False) -> None:  # fmt: skip
+    """``measure(rev, round)`` for each commit in turn, each from its worktree, round after round
+    (with ``abba``, every other round in reverse order); then the worktrees go, whatever happened."""
+    try:
+        for i in range(rounds):
+            order = list(trees.items())
+            for rev, tree in reversed(order) if abba and i % 2 else order:
+                run.ROOT = tree  # processes start from the worktree
+                rows[rev].append(measure(rev, i + 1))
+    finally:
+        bench.close()
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
+
+
 def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]]) -> int:
     """Both commits' stacks (API and one worker, queue bound 8) under the same open-loop rate,
     ``--overload`` x the in-process limit measured once first: the latency of the refusals,
@@ -120,22 +132,18 @@ def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path],
     model, _ = run.MODELS[args.model]
     imgs = bench.imgs[args.model]
     rate = args.overload * bench.limit(model, args.model, args.seconds / 2)["images_per_s"]
-    try:
-        for i in range(args.rounds):
-            for rev, tree in trees.items() if i % 2 == 0 else reversed(trees.items()):
-                run.ROOT = tree
-                procs, url = bench.segcam(models=model, SEGCAM_MAX_QUEUE_DEPTH=8)
-                try:
-                    res = run.overload_segcam(url, imgs, model, rate, args.seconds)
-                finally:
-                    bench.cleanup(procs)
-                rows[rev].append({**res, "rate_per_s": rate})
-                print(f"round {i + 1} {rev}: refusal p50 {res['refusal_ms']['p50']:.1f} ms, "
-                      f"p99 {res['refusal_ms']['p99']:.1f} ms, lost {res['accepted_lost']}", flush=True)  # fmt: skip
-    finally:
-        bench.close()
-        for tree in trees.values():
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
+
+    def measure(rev: str, n: int) -> dict:
+        procs, url = bench.segcam(models=model, SEGCAM_MAX_QUEUE_DEPTH=8)
+        try:
+            res = run.overload_segcam(url, imgs, model, rate, args.seconds)
+        finally:
+            bench.cleanup(procs)
+        print(f"round {n} {rev}: refusal p50 {res['refusal_ms']['p50']:.1f} ms, "
+              f"p99 {res['refusal_ms']['p99']:.1f} ms, lost {res['accepted_lost']}", flush=True)  # fmt: skip
+        return {**res, "rate_per_s": rate}
+
+    alternate(args.rounds, bench, trees, rows, measure, abba=True)
     print(f"\n{args.model} model at {rate:.1f}/s\n")
     print("| commit | rounds | refusal p50 ms (median of rounds) | refusal p99 ms | completed | lost |")
     print("|---|---|---|---|---|---|")

@@ -595,10 +595,10 @@ class Bench:
                 self.cleanup(procs)
             self.out["sections"][f"overload_{key}"] = {"rate_per_s": rate, "segcam": seg, "direct": direct}
 
-    def run_gateway(self, max_depth: int = 10**9, name: str = "gateway") -> None:
+    def run_gateway(self, max_depth: int = 10**9) -> None:
         """The API alone, no worker. With a ``max_depth`` of 1, every submission but the first
         is refused: what a refusal costs the gateway (``overhead_ab --refusals``)."""
-        self.log(f"{name} alone")
+        self.log("gateway alone" if max_depth > 1 else "gateway alone, its queue full")
         env = self.env(SEGCAM_MAX_QUEUE_DEPTH=max_depth)
         procs = Procs(env, self.tmp)
         procs.prefix = env["SEGCAM_KEY_PREFIX"]
@@ -619,7 +619,7 @@ class Bench:
             res.update(image_bytes=len(image), api_rss_mb=rss_mb(api.pid), torch_loaded="libtorch" in maps)
         finally:
             self.cleanup(procs)
-        self.out["sections"][name] = res
+        self.out["sections"]["gateway"] = res
 
     def run_memory(self) -> None:
         n = self.args.memory_jobs

@@ -42,7 +42,7 @@ _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 # same MULTI, just before this script, which deletes it again when no job is created.
 # Returns {'ok', position} | {'full', depth, jobs finished in the window, the oldest one's time
 # ('' if none)} | {'replay', "job_id fingerprint"}. One round trip, a refusal's Retry-After
-# included (see JobStore.drain_rate).
+# included (``Created.drain_per_s``).
 _CREATE = """
 if tonumber(ARGV[5]) > 0 then
   local prev = redis.call('GET', KEYS[5])
@@ -236,7 +236,7 @@ class Created:
     job_id: str
     position: int | None = None
     full: bool = False
-    drain_per_s: float = 0.0  # with ``full``: the queue's drain rate (``JobStore.drain_rate``)
+    drain_per_s: float = 0.0  # with ``full``: jobs the queue finished per second (``drain_window_s``)
     replayed: bool = False
     fingerprint_matches: bool = True
 

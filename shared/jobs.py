@@ -299,11 +299,6 @@ class JobRecord:
         )
 
 
-def _per_s(done: int, oldest: float, now: float) -> float:
-    """``done`` jobs finished since ``oldest``, per second (at least over one second)."""
-    return done / max(1.0, now - oldest) if done else 0.0
-
-
 class JobStore:
     def __init__(
         self, client: redis.Redis, keys: Keys, job_ttl_s: int, upload_ttl_s: int, claims_ttl_s: int = 7200
@@ -360,7 +355,8 @@ class JobStore:
         kind = kind.decode()
         if kind == "full":
             done, oldest = int(drain[0]), float(drain[1]) if drain[1] else now
-            return Created(job_id="", full=True, position=int(value), drain_per_s=_per_s(done, oldest, now))
+            per_s = done / max(1.0, now - oldest) if done else 0.0  # over at least one second
+            return Created(job_id="", full=True, position=int(value), drain_per_s=per_s)
         if kind == "replay":
             prev_id, _, prev_fp = value.decode().partition(" ")
             return Created(job_id=prev_id, replayed=True, fingerprint_matches=prev_fp == fingerprint)

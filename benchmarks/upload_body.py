@@ -1,0 +1,91 @@
+"""What a multipart form costs a submission, against the same image sent as a raw body.
+
+    python -m benchmarks.upload_body [--kb 54]
+
+Why segcam takes uploads as a multipart form only: a raw-body upload (the image as the whole
+request body, options in the query) would save the httpx client's encoding and Starlette's form
+parsing, and this prints what those cost, in microseconds, in a hot loop. Low-load overhead
+measured with httpx is about a millisecond above the raw-socket client's (docs/performance.md);
+this shows how little of it a raw body could buy back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+import httpx
+from starlette.requests import Request
+
+
+def p50_us(fn, n: int = 2000) -> float:
+    for _ in range(100):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(out)
+
+
+def parse(loop: asyncio.AbstractEventLoop, body: bytes, content_type: str, form: bool) -> bytes:
+    """The image, read as the API's submit route would: from the whole form, or the whole body."""
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def read() -> bytes:
+        headers = [(b"content-type", content_type.encode())]
+        req = Request({"type": "http", "method": "POST", "headers": headers, "query_string": b"model=demo"}, receive)
+        if form:
+            f = await req.form()
+            data = await f["image"].read()  # type: ignore[union-attr]
+            await f.close()
+            return data
+        return await req.body()
+
+    return loop.run_until_complete(read())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.upload_body", description=__doc__)
+    ap.add_argument("--kb", type=int, default=54)
+    args = ap.parse_args(argv)
+    img = os.urandom(args.kb * 1000)
+    loop = asyncio.new_event_loop()
+    with httpx.Client(base_url="http://127.0.0.1:8000") as c:
+
+        def build(multipart: bool) -> httpx.Request:
+            if multipart:
+                req = c.build_request("POST", "/v1/jobs", files={"image": ("a.png", img)}, data={"model": "demo"})
+            else:
+                req = c.build_request("POST", "/v1/jobs", content=img, headers={"content-type": "image/png"},
+                                      params={"model": "demo"})  # fmt: skip
+            req.read()
+            return req
+
+        form_req, raw_req = build(True), build(False)
+        for req, ct, form in ((form_req, form_req.headers["content-type"], True), (raw_req, "image/png", False)):
+            assert parse(loop, req.content, ct, form) == img, "both ways must deliver the same image"
+        rows = {
+            "client: httpx builds and encodes the request": (p50_us(lambda: build(True)), p50_us(lambda: build(False))),
+            "API: Starlette reads the image": (
+                p50_us(lambda: parse(loop, form_req.content, form_req.headers["content-type"], True)),
+                p50_us(lambda: parse(loop, raw_req.content, "image/png", False)),
+            ),
+        }
+    loop.close()
+    print(f"| {args.kb} KB image | multipart form p50 us | raw body p50 us | difference us |\n|---|---|---|---|")
+    for name, (form_us, raw_us) in rows.items():
+        print(f"| {name} | {form_us:.0f} | {raw_us:.0f} | {form_us - raw_us:.0f} |")
+    total = sum(f - r for f, r in rows.values())
+    print(f"| both | | | {total:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,7 +38,7 @@ format:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench:  ## the benchmark: limit vs segcam vs direct FastAPI, overload, gateway, memory, batching (~15 min)
+bench:  ## the benchmark: limit vs segcam vs direct FastAPI, overload, gateway, memory, batching (~20-25 min)
 	$(BIN)/python -m benchmarks.run
 
 profile:  ## where one job's time goes (pyinstrument + hop-by-hop timeline)

@@ -14,22 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import time
 
 import httpx
 from starlette.requests import Request
 
-
-def p50_us(fn, n: int = 2000) -> float:
-    for _ in range(100):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(out)
+from benchmarks.lua_blob import p50_us  # the same hot-loop timer
 
 
 def parse(loop: asyncio.AbstractEventLoop, body: bytes, content_type: str, form: bool) -> bytes:

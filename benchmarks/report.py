@@ -6,6 +6,16 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.wake import describe
+
+
+def _host(m: dict) -> str:
+    """The host's wake-up cost, which overhead at low load pays at each of a job's ~ten process
+    boundaries (`make trace`): what to read two hosts' overhead figures against."""
+    if "loopback" not in m:
+        return ""  # runs before it was recorded
+    return f" Host: {describe(m['loopback'])} (`python -m benchmarks.wake`)."
+
 
 def _f(v, digits: int = 1) -> str:
     if v is None:
@@ -40,7 +50,7 @@ def markdown(run: dict) -> str:
         f"Python {m.get('python')}. Torch threads: {args.get('threads')} in every section; post-processing "
         f"threads: {run.get('postprocess_threads', 1)}; finishing lane (`SEGCAM_OVERLAP`): "
         f"{'on' if run.get('overlap') else 'off'}; {_f(args.get('seconds'), 0)} s per timed run. One worker "
-        "unless stated." + (f" Code: {_code(run['code'])}." if "code" in run else ""),
+        "unless stated." + (f" Code: {_code(run['code'])}." if "code" in run else "") + _host(m),
         "",
     ]
     targets = []

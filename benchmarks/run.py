@@ -33,6 +33,7 @@ import httpx
 import redis
 
 from benchmarks import loadgen
+from benchmarks.wake import redis_round_trips
 from stack.local import API_CMD, free_port, python_cmd, redis_answers, start_redis
 from training.shapes import make_scene
 
@@ -850,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench = Bench(args)
     started = datetime.now(UTC)
-    bench.out.update(machine=machine(bench.device), code=code_version(), started=started.isoformat(timespec="seconds"),
+    host = {**machine(bench.device), "loopback": redis_round_trips(bench.redis_url)}  # before any load
+    bench.out.update(machine=host, code=code_version(), started=started.isoformat(timespec="seconds"),
                      args=vars(args), postprocess_threads=bench.post_threads, overlap=bench.overlap)  # fmt: skip
     try:
         if "compare" in only:

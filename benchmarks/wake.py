@@ -1,0 +1,75 @@
+"""A loopback round trip to Redis when the ends were idle, beside the same round trip hot.
+
+    python -m benchmarks.wake [--redis redis://127.0.0.1:6379/12] [--rounds 100] [--idle-ms 50]
+
+Why: a job at low load crosses about ten process boundaries (client, API, Redis, worker and
+back; ``make trace`` names them), and on a VM each one that starts from idle pays the host's
+wake-up (a halted vCPU, a core in a deep sleep state, cold caches). No code here removes that,
+and it differs between the hosts this project is lent by more than the code's own changes do,
+so ``make bench`` records it with the machine: overhead figures from two hosts can then be read
+against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import redis
+
+
+def round_trips(
+    ping: Callable[[], object],
+    rounds: int = 100,
+    idle_ms: float = 50.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """p50 of ``ping`` back to back, and of ``ping`` after ``idle_ms`` of sleep (the sleep not
+    timed); hot rounds run before and after the idle ones, so a host that drifts shows in both."""
+    for _ in range(20):  # connection, page faults
+        ping()
+
+    def timed(idle: bool) -> float:
+        if idle:
+            sleep(idle_ms / 1000)
+        t0 = clock()
+        ping()
+        return (clock() - t0) * 1000
+
+    half = rounds // 2
+    hot = [timed(False) for _ in range(half)]
+    idle = [timed(True) for _ in range(rounds)]
+    hot += [timed(False) for _ in range(rounds - half)]
+    return {"rounds": rounds, "idle_ms": idle_ms, "hot_p50_ms": round(statistics.median(hot), 3),
+            "idle_p50_ms": round(statistics.median(idle), 3)}  # fmt: skip
+
+
+def redis_round_trips(url: str, rounds: int = 100, idle_ms: float = 50.0) -> dict:
+    r = redis.Redis.from_url(url)
+    try:
+        return {"probe": "Redis PING from redis-py", **round_trips(r.ping, rounds, idle_ms)}
+    finally:
+        r.close()
+
+
+def describe(w: dict) -> str:
+    return (f"loopback round trip ({w['probe']}, p50): {w['hot_p50_ms']:.3f} ms hot, {w['idle_p50_ms']:.3f} ms "
+            f"after {w['idle_ms']:.0f} ms idle")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.wake", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--idle-ms", type=float, default=50.0)
+    args = ap.parse_args(argv)
+    print(describe(redis_round_trips(args.redis, args.rounds, args.idle_ms)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""benchmarks.wake times a round trip hot and after idling, without timing the idle itself, and
+the run's report names the host's figure so overhead from two hosts can be read against it."""
+
+from __future__ import annotations
+
+from benchmarks.report import markdown
+from benchmarks.wake import redis_round_trips, round_trips
+
+
+class FakeHost:
+    """A ping that takes 0.05 ms hot and 0.4 ms right after a sleep, on a clock of its own."""
+
+    def __init__(self) -> None:
+        self.now, self.slept, self.pings = 0.0, False, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+        self.slept = True
+
+    def ping(self) -> None:
+        self.now += 0.0004 if self.slept else 0.00005
+        self.slept, self.pings = False, self.pings + 1
+
+
+def test_idle_rounds_pay_the_wake_up_and_the_sleep_is_not_timed():
+    host = FakeHost()
+    w = round_trips(host.ping, rounds=10, idle_ms=50, sleep=host.sleep, clock=host.clock)
+    assert w["hot_p50_ms"] == 0.05
+    assert w["idle_p50_ms"] == 0.4  # 50 ms of sleep would show as 50.4
+    assert host.pings == 20 + 10 + 10  # warm-up, hot, idle
+
+
+def test_a_real_redis_answers_and_the_report_names_the_figure(redis_url):
+    w = redis_round_trips(redis_url, rounds=4, idle_ms=1)
+    assert 0 < w["hot_p50_ms"] < 1000 and 0 < w["idle_p50_ms"] < 1000
+    run = {"machine": {"cpu": "x", "cores": 2, "loopback": w}, "sections": {}}
+    assert "after 1 ms idle (`python -m benchmarks.wake`)" in markdown(run)
+    assert "Host:" not in markdown({"machine": {"cpu": "x", "cores": 2}, "sections": {}})

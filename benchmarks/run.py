@@ -851,10 +851,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench = Bench(args)
     started = datetime.now(UTC)
-    host = {**machine(bench.device), "loopback": redis_round_trips(bench.redis_url)}  # before any load
-    bench.out.update(machine=host, code=code_version(), started=started.isoformat(timespec="seconds"),
-                     args=vars(args), postprocess_threads=bench.post_threads, overlap=bench.overlap)  # fmt: skip
     try:
+        host = {**machine(bench.device), "loopback": redis_round_trips(bench.redis_url)}  # before any load
+        bench.out.update(machine=host, code=code_version(), started=started.isoformat(timespec="seconds"),
+                         args=vars(args), postprocess_threads=bench.post_threads, overlap=bench.overlap)  # fmt: skip
         if "compare" in only:
             bench.run_limit_and_http()
         if "overload" in only:

@@ -13,11 +13,12 @@ against it.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import redis
+
+from benchmarks.lua_blob import p50_us  # the same timer, idling before each call
 
 
 def round_trips(
@@ -27,24 +28,10 @@ def round_trips(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
-    """p50 of ``ping`` back to back, and of ``ping`` after ``idle_ms`` of sleep (the sleep not
-    timed); hot rounds run before and after the idle ones, so a host that drifts shows in both."""
-    for _ in range(20):  # connection, page faults
-        ping()
-
-    def timed(idle: bool) -> float:
-        if idle:
-            sleep(idle_ms / 1000)
-        t0 = clock()
-        ping()
-        return (clock() - t0) * 1000
-
-    half = rounds // 2
-    hot = [timed(False) for _ in range(half)]
-    idle = [timed(True) for _ in range(rounds)]
-    hot += [timed(False) for _ in range(rounds - half)]
-    return {"rounds": rounds, "idle_ms": idle_ms, "hot_p50_ms": round(statistics.median(hot), 3),
-            "idle_p50_ms": round(statistics.median(idle), 3)}  # fmt: skip
+    """p50 of ``ping`` back to back, and of ``ping`` after ``idle_ms`` of sleep (not timed)."""
+    hot = p50_us(ping, rounds, clock=clock) / 1000
+    idle = p50_us(ping, rounds, before=lambda: sleep(idle_ms / 1000), clock=clock) / 1000
+    return {"rounds": rounds, "idle_ms": idle_ms, "hot_p50_ms": round(hot, 3), "idle_p50_ms": round(idle, 3)}
 
 
 def redis_round_trips(url: str, rounds: int = 100, idle_ms: float = 50.0) -> dict:

@@ -30,7 +30,7 @@ def test_idle_rounds_pay_the_wake_up_and_the_sleep_is_not_timed():
     w = round_trips(host.ping, rounds=10, idle_ms=50, sleep=host.sleep, clock=host.clock)
     assert w["hot_p50_ms"] == 0.05
     assert w["idle_p50_ms"] == 0.4  # 50 ms of sleep would show as 50.4
-    assert host.pings == 20 + 10 + 10  # warm-up, hot, idle
+    assert host.pings == 100 + 10 + 100 + 10  # each series: warm-up, then timed
 
 
 def test_a_real_redis_answers_and_the_report_names_the_figure(redis_url):

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -64,6 +65,27 @@ def run_ok(url: str, seed: int = 0) -> dict:
     return final
 
 
+def _pair_state(url: str, ids: list[str]) -> str | None:
+    statuses = [job(url, i)["status"] for i in ids]
+    if all(s == "running" for s in statuses):
+        return "both running"
+    return "one ended first" if any(s in ("succeeded", "failed", "cancelled") for s in statuses) else None
+
+
+def occupy_both_workers(url: str, seed: int, seconds: float, tries: int = 3) -> list[str]:
+    """Two sleeping jobs running at once, one per worker: what a test needs before it queues a
+    job that no worker may take. A worker whose pool child an earlier test's fault is still
+    replacing takes its job late (a child's start took 4 s on two busy cores), and then the other
+    worker can finish its job and take the second one itself; the pair is then tried again."""
+    for t in range(tries):
+        busy = [submit(url, scene_png(seed + 2 * t + i, fault=f"sleep:{seconds}@preprocess"))["id"] for i in range(2)]
+        if wait_until(partial(_pair_state, url, busy), 20, "both workers busy") == "both running":
+            return busy
+        for b in busy:
+            wait_final(url, b)
+    raise AssertionError(f"the two workers never ran two jobs at once in {tries} tries")
+
+
 def test_a_crashing_job_fails_at_once_and_the_worker_goes_on(chaos):
     final = wait_final(chaos.url, submit(chaos.url, scene_png(1, fault="crash@cam"))["id"])
     assert final["status"] == "failed" and final["error"]["code"] == "internal_error"
@@ -102,9 +124,8 @@ def test_a_poison_job_stops_after_max_deliveries_and_blocks_nothing(chaos):
 
 
 def test_cancel_a_queued_job_and_a_running_one(chaos):
-    busy = [submit(chaos.url, scene_png(60 + i, fault="sleep:2.5@preprocess"))["id"] for i in range(2)]
-    wait_until(lambda: all(job(chaos.url, b)["status"] == "running" for b in busy), 20, "both workers busy")
-    queued = submit(chaos.url, scene_png(62))["id"]
+    busy = occupy_both_workers(chaos.url, 60, 2.5)
+    queued = submit(chaos.url, scene_png(59))["id"]
     r = httpx.delete(f"{chaos.url}/v1/jobs/{queued}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     r = httpx.delete(f"{chaos.url}/v1/jobs/{busy[0]}")
@@ -120,8 +141,7 @@ def test_cancel_a_queued_job_and_a_running_one(chaos):
 
 
 def test_priorities_are_honoured_by_the_workers(chaos):
-    busy = [submit(chaos.url, scene_png(70 + i, fault="sleep:2@preprocess"))["id"] for i in range(2)]
-    wait_until(lambda: all(job(chaos.url, b)["status"] == "running" for b in busy), 20, "both workers busy")
+    occupy_both_workers(chaos.url, 70, 2)
     order = ["low", "low", "normal", "normal", "high", "high"]
     ids = [submit(chaos.url, scene_png(80 + i), priority=p)["id"] for i, p in enumerate(order)]
     positions = [job(chaos.url, i)["position"] for i in ids]

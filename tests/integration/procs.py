@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from PIL import PngImagePlugin
 
+from shared.schemas import FINAL_STATUSES
 from stack.local import API_CMD, free_port, python_cmd
 from tests.conftest import ROOT
 from training.shapes import make_scene
@@ -116,6 +117,6 @@ def job(url: str, job_id: str) -> dict:
 
 def wait_final(url: str, job_id: str, timeout: float = 120) -> dict:
     return wait_until(
-        lambda: (j := job(url, job_id))["status"] in ("succeeded", "failed", "cancelled") and j, timeout,
+        lambda: (j := job(url, job_id))["status"] in FINAL_STATUSES and j, timeout,
         f"job {job_id} did not finish", every=0.2,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from shared.jobs import JobStore
 from shared.keys import Keys
-from shared.schemas import ImageInfo, JobSpec
+from shared.schemas import FINAL_STATUSES, ImageInfo, JobSpec
 from tests.conftest import cleanup_prefix
 from tests.integration.procs import Procs, children, job, scene_png, submit, wait_final, wait_until
 
@@ -69,7 +69,7 @@ def _pair_state(url: str, ids: list[str]) -> str | None:
     statuses = [job(url, i)["status"] for i in ids]
     if all(s == "running" for s in statuses):
         return "both running"
-    return "one ended first" if any(s in ("succeeded", "failed", "cancelled") for s in statuses) else None
+    return "one ended first" if any(s in FINAL_STATUSES for s in statuses) else None
 
 
 def occupy_both_workers(url: str, seed: int, seconds: float, tries: int = 3) -> list[str]:

@@ -90,23 +90,30 @@ def main(argv: list[str] | None = None) -> int:
         a, b = args.revisions
         print(f"\n{label}/s ratio {b} / {a}: {summary[b][rate] / summary[a][rate]:.2f}")
         return _save(args, rows, summary)
-    print("\n| commit | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms | images/s |")
-    print("|---|---|---|---|---|---|")
-    summary = {}
-    for rev, rs in rows.items():
-        s = {k: statistics.median(r[k2][k3] for r in rs) for k, (k2, k3) in
-             {"overhead_p50": ("overhead_ms", "p50"), "overhead_p99": ("overhead_ms", "p99"),
-              "latency_p50": ("latency_ms", "p50")}.items()}  # fmt: skip
-        s["images_per_s"] = statistics.median(r["throughput_per_s"] for r in rs)
-        summary[rev] = s
-        print(f"| {rev} | {len(rs)} | {s['overhead_p50']:.2f} | {s['overhead_p99']:.2f} | {s['latency_p50']:.1f} "
-              f"| {s['images_per_s']:.2f} |")  # fmt: skip
+    summary = overhead_table(rows, "commit")
     a, b = args.revisions
     print(
         f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}; "
         f"images/s ratio: {summary[b]['images_per_s'] / summary[a]['images_per_s']:.2f}"
     )
     return _save(args, rows, summary)
+
+
+def overhead_table(rows: dict[str, list[dict]], what: str) -> dict[str, dict]:
+    """Print each setup's medians over its rounds of ``run.closed_loop`` and return them."""
+    print(f"\n| {what} | rounds | overhead p50 ms (median of rounds) | overhead p99 ms | end-to-end p50 ms "
+          "| images/s |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    summary = {}
+    for key, rs in rows.items():
+        s = {k: statistics.median(r[k2][k3] for r in rs) for k, (k2, k3) in
+             {"overhead_p50": ("overhead_ms", "p50"), "overhead_p99": ("overhead_ms", "p99"),
+              "latency_p50": ("latency_ms", "p50")}.items()}  # fmt: skip
+        s["images_per_s"] = statistics.median(r["throughput_per_s"] for r in rs)
+        summary[key] = s
+        print(f"| {key} | {len(rs)} | {s['overhead_p50']:.2f} | {s['overhead_p99']:.2f} | {s['latency_p50']:.1f} "
+              f"| {s['images_per_s']:.2f} |")  # fmt: skip
+    return summary
 
 
 def alternate(rounds: int, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]],

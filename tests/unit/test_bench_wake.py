@@ -4,7 +4,7 @@ the run's report names the host's figure so overhead from two hosts can be read 
 from __future__ import annotations
 
 from benchmarks.report import markdown
-from benchmarks.wake import redis_round_trips, round_trips
+from benchmarks.wake import describe, idle_driver, redis_round_trips, round_trips
 
 
 class FakeHost:
@@ -33,9 +33,20 @@ def test_idle_rounds_pay_the_wake_up_and_the_sleep_is_not_timed():
     assert host.pings == 100 + 10 + 100 + 10  # each series: warm-up, then timed
 
 
-def test_a_real_redis_answers_and_the_report_names_the_figure(redis_url):
-    w = redis_round_trips(redis_url, rounds=4, idle_ms=1)
+def test_a_real_redis_answers_and_the_report_names_the_figure(redis_url, tmp_path):
+    w = redis_round_trips(redis_url, rounds=4, idle_ms=1, sys_root=tmp_path)  # a host without cpuidle
     assert 0 < w["hot_p50_ms"] < 1000 and 0 < w["idle_p50_ms"] < 1000
     run = {"machine": {"cpu": "x", "cores": 2, "loopback": w}, "sections": {}}
     assert "after 1 ms idle (`python -m benchmarks.wake`)" in markdown(run)
     assert "Host:" not in markdown({"machine": {"cpu": "x", "cores": 2}, "sections": {}})
+
+
+def test_the_idle_driver_is_read_where_the_kernel_has_one(tmp_path, redis_url):
+    assert idle_driver(tmp_path) == {}  # no cpuidle, no haltpoll module: nothing claimed
+    (tmp_path / "devices/system/cpu/cpuidle").mkdir(parents=True)
+    (tmp_path / "devices/system/cpu/cpuidle/current_driver").write_text("haltpoll\n")
+    (tmp_path / "module/haltpoll/parameters").mkdir(parents=True)
+    (tmp_path / "module/haltpoll/parameters/guest_halt_poll_ns").write_text("200000\n")
+    assert idle_driver(tmp_path) == {"cpuidle": "haltpoll", "guest_halt_poll_ns": 200000}
+    w = redis_round_trips(redis_url, rounds=2, idle_ms=1, sys_root=tmp_path)
+    assert describe(w).endswith("after 1 ms idle; cpuidle haltpoll, guest_halt_poll_ns 200000")

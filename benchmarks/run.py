@@ -1,7 +1,7 @@
 """segcam's benchmark: the in-process limit, segcam over HTTP, direct FastAPI, overload,
 the gateway alone, worker memory, batch sizes and precision, side by side in one run.
 
-    python -m benchmarks.run                 # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run                 # full run (about 25 minutes on 2 cores)
     python -m benchmarks.run --quick         # short runs, for a smoke test
 
 Writes benchmarks/results/<utc-time>.json and .md, and benchmarks/results/latest.md.
@@ -149,23 +149,24 @@ def limit(
     reference = [explanation_key(pipe.run([Item("r", im)], Method.gradcam)[0].explanation.model_dump()) for im in imgs]
     lane = ThreadPoolExecutor(1) if overlap else None
     pending = None
-    n, k, t0 = 0, 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        items = [Item(str(j), imgs[(k + j) % len(imgs)]) for j in range(batch)]
-        if lane is None:
-            pipe.run(items, Method.gradcam)
-        else:
-            computed = pipe.compute(items, Method.gradcam)
-            if pending is not None:
-                pending.result()
-            pending = lane.submit(pipe.finish, computed)
-        n += batch
-        k += batch
-    if pending is not None:
-        pending.result()
-        lane.shutdown()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": n / dt, "ms_per_image": 1000 * dt / n, "images": n, "reference": reference}
+    with loadgen.steady_heap() as heap:  # the worker freezes its heap after loading too
+        n, k, t0 = 0, 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            items = [Item(str(j), imgs[(k + j) % len(imgs)]) for j in range(batch)]
+            if lane is None:
+                pipe.run(items, Method.gradcam)
+            else:
+                computed = pipe.compute(items, Method.gradcam)
+                if pending is not None:
+                    pending.result()
+                pending = lane.submit(pipe.finish, computed)
+            n += batch
+            k += batch
+        if pending is not None:
+            pending.result()
+            lane.shutdown()
+        dt = time.perf_counter() - t0
+    return {"images_per_s": n / dt, "ms_per_image": 1000 * dt / n, "images": n, "reference": reference, "gc": heap}
 
 
 def explanation_key(e: dict) -> tuple:
@@ -227,10 +228,10 @@ def closed_loop(
                     queue_wait.append(job["result"]["timings_ms"]["queue_wait_ms"])
                     batch_sizes.append(job["result"]["batch_size"])
 
-    t_start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
+    with loadgen.steady_heap() as heap, ThreadPoolExecutor(clients) as pool:
+        t_start = time.perf_counter()
         list(pool.map(user, range(clients)))
-    wall = time.perf_counter() - t_start
+        wall = time.perf_counter() - t_start
     overhead = [a - b for a, b in zip(lat, compute, strict=True)]
     return {
         "clients": clients,
@@ -243,6 +244,7 @@ def closed_loop(
         "compute_ms_p50": pct(compute, 0.5),
         "queue_wait_ms_p50": pct(queue_wait, 0.5),
         "mean_batch": statistics.mean(batch_sizes) if batch_sizes else 0,
+        "client_gc": heap,
     }
 
 
@@ -281,10 +283,10 @@ def direct_closed_loop(
                     if ref is not None and explanation_key(r.json()["explanation"]) != ref[idx]:
                         wrong.append(idx)
 
-    t_start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
+    with loadgen.steady_heap() as heap, ThreadPoolExecutor(clients) as pool:
+        t_start = time.perf_counter()
         list(pool.map(user, range(clients)))
-    wall = time.perf_counter() - t_start
+        wall = time.perf_counter() - t_start
     return {
         "clients": clients,
         "completed": len(lat),
@@ -294,6 +296,7 @@ def direct_closed_loop(
         "wrong_results": len(wrong),
         "throughput_per_s": len(lat) / wall,
         "latency_ms": {"p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99)},
+        "client_gc": heap,
     }
 
 
@@ -327,7 +330,8 @@ def overload_segcam(
     import asyncio
 
     requests = [loadgen.multipart_request(f"{url}/v1/jobs", im, {"model": model}) for im in imgs]
-    results = asyncio.run(loadgen.at_rate(f"{url}/v1/jobs", requests, rate, seconds))
+    with loadgen.steady_heap() as heap:
+        results = asyncio.run(loadgen.at_rate(f"{url}/v1/jobs", requests, rate, seconds))
     accepted = [(json.loads(body)["id"], n % len(imgs)) for n, code, _, body in results if code == 202]
     refused = [dt * 1000 for _, code, dt, _ in results if code == 429]
     other = sorted(
@@ -351,6 +355,7 @@ def overload_segcam(
         "accepted_completed": sum(1 for s in finals.values() if s == "succeeded"),
         "accepted_lost": sum(1 for s in finals.values() if s != "succeeded"),
         "wrong_results": wrong,
+        "client_gc": heap,
     }
 
 
@@ -378,7 +383,8 @@ def overload_direct(
         except httpx.HTTPError as e:
             return type(e).__name__, (time.perf_counter() - t0) * 1000
 
-    results = open_loop(send, rate, seconds)
+    with loadgen.steady_heap() as heap:
+        results = open_loop(send, rate, seconds)
     client.close()
     ok = [ms for code, ms in results if code == 200]
     return {
@@ -388,6 +394,7 @@ def overload_direct(
         "errors": sum(1 for code, _ in results if code not in (200, "timeout")),
         "wrong_results": len(wrong),
         "latency_ms": {"p50": pct(ok, 0.5), "p99": pct(ok, 0.99)},
+        "client_gc": heap,
     }
 
 
@@ -615,7 +622,9 @@ class Bench:
             import asyncio
 
             asyncio.run(loadgen.run(f"{url}/v1/jobs", request, 1.0, 4))  # warm up
-            res = asyncio.run(loadgen.run(f"{url}/v1/jobs", request, self.args.seconds, 16))
+            with loadgen.steady_heap() as heap:
+                res = asyncio.run(loadgen.run(f"{url}/v1/jobs", request, self.args.seconds, 16))
+            res["client_gc"] = heap
             maps = Path(f"/proc/{api.pid}/maps").read_text()
             res.update(image_bytes=len(image), api_rss_mb=rss_mb(api.pid), torch_loaded="libtorch" in maps)
         finally:

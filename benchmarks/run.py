@@ -624,9 +624,9 @@ class Bench:
             asyncio.run(loadgen.run(f"{url}/v1/jobs", request, 1.0, 4))  # warm up
             with loadgen.steady_heap() as heap:
                 res = asyncio.run(loadgen.run(f"{url}/v1/jobs", request, self.args.seconds, 16))
-            res["client_gc"] = heap
             maps = Path(f"/proc/{api.pid}/maps").read_text()
-            res.update(image_bytes=len(image), api_rss_mb=rss_mb(api.pid), torch_loaded="libtorch" in maps)
+            res.update(image_bytes=len(image), api_rss_mb=rss_mb(api.pid), torch_loaded="libtorch" in maps,
+                       client_gc=heap)  # fmt: skip
         finally:
             self.cleanup(procs)
         self.out["sections"]["gateway"] = res

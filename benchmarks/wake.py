@@ -38,7 +38,8 @@ def round_trips(
 def idle_driver(sys_root: Path = Path("/sys")) -> dict:
     """How an idle vCPU waits, where the kernel says. A KVM guest's ``haltpoll`` driver spins
     ``guest_halt_poll_ns`` before it halts; at 0 every short wait between two hops of a job is a
-    halt and a wake-up (docs/performance.md measured 0.3 ms of overhead p50 on one host)."""
+    halt and a wake-up (on one host, about 0.3 ms of overhead p50 with jobs 50 ms apart and
+    nothing with jobs back to back: ``benchmarks.halt_poll_ab``, docs/performance.md)."""
     found = {}
     for key, path in (("cpuidle", "devices/system/cpu/cpuidle/current_driver"),
                       ("guest_halt_poll_ns", "module/haltpoll/parameters/guest_halt_poll_ns")):  # fmt: skip

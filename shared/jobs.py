@@ -86,7 +86,7 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # job still has a message; a crash before the claimed jobs finish is covered by the token's
 # claims. A token with claims of its own (requeued after its worker died) is never dropped.
 # KEYS: queued zset, claims set of the token, broker list (the Celery queue).
-# ARGV: job key prefix, now, worker, token, max, window, claims ttl, job events prefix, queue
+# ARGV: job key prefix, worker, token, max, window, claims ttl, job events prefix, queue
 # channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
 # decides), drop ('1' | '0'), claims key prefix, backlog only ('1': claim no more jobs than
 # there are undelivered messages, so a draining worker never takes a job an idle one is about
@@ -94,33 +94,36 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}}, each record as HGETALL gives it.
 # Uploads are read outside the script (see _CREATE on large strings and Lua).
 _TAKE = f"""
+-- Redis's clock, not the caller's: two workers' claims then carry started_at in claim order.
+local now = redis.call('TIME')
+local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 local function out(kind, ids)
   local records = {{}}
-  if ARGV[15] == '1' then
+  if ARGV[14] == '1' then
     for _, id in ipairs(ids) do table.insert(records, redis.call('HGETALL', ARGV[1] .. id)) end
   end
   return {{kind, ids, records}}
 end
-local mode = ARGV[10]
+local mode = ARGV[9]
 if mode ~= 'claim' then
   local left = {{}}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     local jk = ARGV[1] .. id
     local st = redis.call('HGET', jk, 'status')
     if st and not ({_FINAL_LUA}) then
-      redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'stage', 'preprocess')
+      redis.call('HSET', jk, 'status', 'running', 'started_at', stamp, 'worker', ARGV[2], 'stage', 'preprocess')
       redis.call('HINCRBY', jk, 'deliveries', 1)
-      redis.call('PUBLISH', ARGV[8] .. id, 'preprocess')
+      redis.call('PUBLISH', ARGV[7] .. id, 'preprocess')
       table.insert(left, id)
     end
   end
   if #left > 0 or mode == 'reclaim' then return out('reclaimed', left) end
 end
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)
 local claimed = {{}}
-local method = ARGV[11] ~= '' and ARGV[11] or false
-local most = tonumber(ARGV[5])
-if ARGV[14] == '1' then  -- backlog only: as many as there are undelivered messages (idle workers get the rest)
+local method = ARGV[10] ~= '' and ARGV[10] or false
+local most = tonumber(ARGV[4])
+if ARGV[13] == '1' then  -- backlog only: as many as there are undelivered messages (idle workers get the rest)
   most = math.min(most, redis.call('LLEN', KEYS[3]))
 end
 for _, id in ipairs(ids) do
@@ -132,18 +135,18 @@ for _, id in ipairs(ids) do
   elseif not method or rec[2] == method then
     method = rec[2]
     redis.call('ZREM', KEYS[1], id)
-    redis.call('HSET', jk, 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'token', ARGV[4],
+    redis.call('HSET', jk, 'status', 'running', 'started_at', stamp, 'worker', ARGV[2], 'token', ARGV[3],
                'stage', 'preprocess')
     redis.call('HINCRBY', jk, 'deliveries', 1)
     redis.call('SADD', KEYS[2], id)
-    redis.call('PUBLISH', ARGV[8] .. id, 'preprocess')
+    redis.call('PUBLISH', ARGV[7] .. id, 'preprocess')
     table.insert(claimed, id)
   end
 end
 if #claimed > 0 then
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
-  redis.call('PUBLISH', ARGV[9], 'moved')  -- everyone behind moved up
-  if ARGV[12] == '1' then
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('PUBLISH', ARGV[8], 'moved')  -- everyone behind moved up
+  if ARGV[11] == '1' then
     -- Newest messages first. A message that was delivered before (requeued after a crash) or
     -- whose token still holds claims must run to take its jobs back: it is put back untouched.
     local spare = #claimed - (mode == 'take' and 1 or 0)
@@ -153,7 +156,7 @@ if #claimed > 0 then
       if not msg then break end
       local ok, m = pcall(cjson.decode, msg)
       local h = ok and type(m) == 'table' and type(m.headers) == 'table' and m.headers or nil
-      if h and type(h.id) == 'string' and not h.redelivered and redis.call('EXISTS', ARGV[13] .. h.id) == 0 then
+      if h and type(h.id) == 'string' and not h.redelivered and redis.call('EXISTS', ARGV[12] .. h.id) == 0 then
         spare = spare - 1
       else
         table.insert(kept, msg)
@@ -395,7 +398,7 @@ class JobStore:
         load), is read in the same round trip; any other claimed job's upload in one more."""
         k = self.keys
         keys = [k.queued(queue), k.claims(token), queue or k.claims(token)]
-        args = [k.job(""), repr(time.time()), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
+        args = [k.job(""), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
                 k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
                 "1" if backlog_only else "0", "1" if load else "0"]  # fmt: skip
         pipe = self.r.pipeline(transaction=False)

@@ -70,6 +70,21 @@ def test_priority_band_goes_before_older_jobs_of_lower_bands(store):
     assert store.claim("q", "t", "w", max_jobs=3) == ["3" * 32, "1" * 32, "2" * 32]
 
 
+def test_started_at_is_the_claim_s_own_time_whoever_s_clock_lags(store, rclient, monkeypatch):
+    """Two workers' claims carry started_at in claim order: the script stamps Redis's clock, so a
+    worker descheduled between reading its clock and claiming cannot start a job "earlier"."""
+    ids = [f"{i:032x}" for i in range(2)]
+    for j in ids:
+        store.create(j, SPEC, "q", b"img")
+    lagging = iter([2000.0, 1000.0])  # each caller's clock, the second one behind the first
+    monkeypatch.setattr("shared.jobs.time.time", lambda: next(lagging, 0.0))
+    assert store.claim("q", "t1", "w1") == [ids[0]] and store.claim("q", "t2", "w2") == [ids[1]]
+    monkeypatch.undo()
+    first, second = (store.get(j).started_at for j in ids)
+    sec, usec = rclient.time()
+    assert first <= second <= sec + usec / 1e6 < first + 5
+
+
 def test_a_batch_claim_takes_only_jobs_that_share_the_head_method(store):
     hires = SPEC.model_copy(update={"method": Method.hirescam})
     for i, spec in enumerate([SPEC, hires, SPEC, SPEC]):

@@ -31,6 +31,12 @@ from shared.keys import Keys
 from shared.schemas import FINAL_STATUSES, ErrorInfo, JobResult, JobSpec, JobStatus, WebhookStatus
 
 _FINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
+# A record's started_at and finished_at are read from Redis's clock inside the script that sets
+# them, not from the caller's: stamps then follow the order in which the scripts ran (two
+# workers' claims in claim order), and a job's start and end share one clock whichever hosts
+# ran the API and the workers.
+_STAMP_LUA = """local now = redis.call('TIME')
+local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))"""
 
 # KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash,
 # broker list (the Celery queue), completions zset.
@@ -94,9 +100,7 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}}, each record as HGETALL gives it.
 # Uploads are read outside the script (see _CREATE on large strings and Lua).
 _TAKE = f"""
--- Redis's clock, not the caller's: two workers' claims then carry started_at in claim order.
-local now = redis.call('TIME')
-local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+{_STAMP_LUA}
 local function out(kind, ids)
   local records = {{}}
   if ARGV[14] == '1' then
@@ -169,21 +173,22 @@ return out('claimed', claimed)
 """
 
 # KEYS: job, queued zset, upload, completions zset, metrics hash, job events channel.
-# ARGV: job id, status, now, ttl, field, value, model.
+# ARGV: job id, status, ttl, field, value, model.
 # The final record travels in the event ("<status> <record as JSON>"): a follower waiting
 # for the end answers from it instead of reading the record back (one round trip less).
 _FINISH = f"""
+{_STAMP_LUA}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if {_FINAL_LUA} then return 0 end
-redis.call('HINCRBY', KEYS[5], 'jobs|' .. ARGV[2] .. '|' .. ARGV[7], 1)
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], ARGV[5], ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'jobs|' .. ARGV[2] .. '|' .. ARGV[6], 1)
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', stamp, ARGV[4], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 if st == 'running' then
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[3]) - 60)
+  redis.call('ZADD', KEYS[4], stamp, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(stamp) - 60)
 end
 local flat, rec = redis.call('HGETALL', KEYS[1]), {{}}
 for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
@@ -191,17 +196,18 @@ redis.call('PUBLISH', KEYS[6], ARGV[2] .. ' ' .. cjson.encode(rec))
 return 1
 """
 
-# KEYS: job, queued zset, upload, metrics hash. ARGV: job id, now, ttl, error json, model.
+# KEYS: job, queued zset, upload, metrics hash. ARGV: job id, ttl, error json, model.
 # A queued job is cancelled at once and never runs; a running one is flagged for the worker.
 _CANCEL = f"""
+{_STAMP_LUA}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if {_FINAL_LUA} then return st end
 if st == 'queued' then
-  redis.call('HINCRBY', KEYS[4], 'jobs|cancelled|' .. ARGV[5], 1)
+  redis.call('HINCRBY', KEYS[4], 'jobs|cancelled|' .. ARGV[4], 1)
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', stamp, 'error', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('DEL', KEYS[3])
   return 'cancelled'
 end
@@ -502,7 +508,7 @@ class JobStore:
         err = ErrorInfo(code="cancelled", message="cancelled by the client before it ran").model_dump_json()
         out = self._cancel(
             keys=[k.job(job_id), k.queued(queue), k.upload(job_id), k.metrics()],
-            args=[job_id, repr(time.time()), self.job_ttl_s, err, k.model_of(queue)],
+            args=[job_id, self.job_ttl_s, err, k.model_of(queue)],
         ).decode()
         self.notify(job_id)
         if out == "cancelled":
@@ -524,7 +530,7 @@ class JobStore:
         k = self.keys
         keys = [k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue), k.metrics(),
                 k.job_events(job_id)]  # fmt: skip
-        args = [job_id, status.value, repr(time.time()), self.job_ttl_s, field, value, k.model_of(queue)]
+        args = [job_id, status.value, self.job_ttl_s, field, value, k.model_of(queue)]
         pipe.eval(_FINISH, len(keys), *keys, *args)
 
     def mean_service_s(self, queue: str) -> float | None:

@@ -73,16 +73,18 @@ def test_priority_band_goes_before_older_jobs_of_lower_bands(store):
 def test_started_at_is_the_claim_s_own_time_whoever_s_clock_lags(store, rclient, monkeypatch):
     """Two workers' claims carry started_at in claim order: the script stamps Redis's clock, so a
     worker descheduled between reading its clock and claiming cannot start a job "earlier"."""
-    ids = [f"{i:032x}" for i in range(2)]
+    ids = [f"{i:032x}" for i in range(3)]
     for j in ids:
         store.create(j, SPEC, "q", b"img")
     lagging = iter([2000.0, 1000.0])  # each caller's clock, the second one behind the first
     monkeypatch.setattr("shared.jobs.time.time", lambda: next(lagging, 0.0))
     assert store.claim("q", "t1", "w1") == [ids[0]] and store.claim("q", "t2", "w2") == [ids[1]]
+    assert store.succeed(ids[0], "q", RESULT) and store.cancel(ids[2], "q") == "cancelled"  # and the ends
     monkeypatch.undo()
-    first, second = (store.get(j).started_at for j in ids)
+    first, second = (store.get(j).started_at for j in ids[:2])
     sec, usec = rclient.time()
     assert first <= second <= sec + usec / 1e6 < first + 5
+    assert first <= store.get(ids[0]).finished_at <= store.get(ids[2]).finished_at <= sec + usec / 1e6
 
 
 def test_a_batch_claim_takes_only_jobs_that_share_the_head_method(store):

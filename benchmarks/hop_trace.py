@@ -9,7 +9,8 @@ raw-socket client (``--httpx``: from httpx), and prints the p50 and p90 of each 
 than ``make profile``'s table (which reads the job record's timestamps): it splits the
 worker's delivery into the Celery parent's receipt, its unacked write and the pool child's
 start, or shows the lingering task hearing of the job (``worker/linger.py``). Redis DB 12,
-key prefix ``hoptrace``.
+key prefix ``hoptrace``, unless told otherwise. ``--worst N`` adds every hop of the N jobs
+with the largest overhead; ``--warmup 0`` counts a fresh stack's first jobs too.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ HOPS = [
     ("unacked>", "unacked<", "  of which: kombu's unacked write (a round trip)"),
     ("brpop<", "take>", "worker: hand-off to the pool child, task start"),
     ("take>", "take<", "worker child: claim + records + upload (one round trip when the hint hits)"),
-    ("take<", "pipeline>", "worker child: to the pipeline"),
+    ("take<", "compute>", "worker child: to the pipeline"),
     ("create<", "heard", "lingering worker child hears the submission (instead of the three hops above)"),
-    ("heard", "pipeline>", "worker child: claim + records + upload, to the pipeline"),
-    ("pipeline<", "complete>", "worker child: result record built"),
+    ("heard", "compute>", "worker child: claim + records + upload, to the pipeline"),
+    ("compute<", "finish>", "worker child: compute's output to the finishing half (inline at low load)"),
+    ("finish<", "complete>", "worker child: result record built"),
     ("complete>", "complete<", "worker child: artifacts + finish script (one round trip)"),
     ("complete<", "event<", "Redis pub/sub -> API event hub"),
     ("event<", "send>", "API: record from the event, view, JSON"),
@@ -58,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="worker processes (each lingers after its jobs)")
     ap.add_argument("--model", choices=["demo", "realistic"], default="demo",
                     help="realistic: deeplabv3_mobilenet_v3_large at 384 px, as in make bench")  # fmt: skip
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    ap.add_argument("--prefix", default="hoptrace", help="key prefix of the stack's jobs and queues")
+    ap.add_argument("--warmup", type=int, default=10, metavar="N",
+                    help="jobs left out of the tables (0: a fresh stack's first jobs count)")  # fmt: skip
+    ap.add_argument("--worst", type=int, default=0, metavar="N",
+                    help="also print each hop of the N jobs with the largest overhead (where a p99 goes)")  # fmt: skip
     args = ap.parse_args(argv)
     from benchmarks.run import MODELS, build_store, images
 
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     if args.model == "realistic":
         extra = {"SEGCAM_MODEL_DIR": str(build_store(trace.parent / "store"))}
-    env = {**extra, "SEGCAM_REDIS_URL": "redis://127.0.0.1:6379/12", "SEGCAM_KEY_PREFIX": "hoptrace",
+    env = {**extra, "SEGCAM_REDIS_URL": args.redis_url, "SEGCAM_KEY_PREFIX": args.prefix,
            "SEGCAM_DEVICE": "cpu", "SEGCAM_TORCH_THREADS": "1", "SEGCAM_LOG_LEVEL": "WARNING",
            "PYTHONPATH": str(HERE / "tracing"), "SEGCAM_TRACE_FILE": str(trace)}  # fmt: skip
     jobs: list[dict[str, float]] = []
@@ -89,19 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.time()
             jobs.append({"sent": t0, "answered": t1, "compute": j["result"]["timings_ms"]["total_ms"] / 1000})
             time.sleep(args.gap_ms / 1000)
-    marks: list[dict[str, float]] = []
-    for line in trace.read_text().splitlines():
-        if line == "job":
-            marks.append({})
-        elif marks:
-            t, _pid, label = line.split()
-            if label not in marks[-1] or label == "event<":
-                marks[-1][label] = float(t)
-    for m in marks:  # a job a lingering task claimed: its take marks may be the last job's trailing look
-        if "heard" in m:
-            for label in ("brpop<", "unacked>", "unacked<", "take>", "take<"):
-                m.pop(label, None)
-    rows = [{**m, **j} for m, j in zip(marks, jobs, strict=True)][10:]  # the first ten warm up
+    marks = job_marks(trace.read_text())
+    rows = [{**m, **j} for m, j in zip(marks, jobs, strict=True)][args.warmup :]
     client = "httpx" if args.httpx else "raw-socket"
     heard = sum("heard" in r for r in rows)
     print(
@@ -115,11 +112,56 @@ def main(argv: list[str] | None = None) -> int:
         if d:
             print(f"| {what} | {statistics.median(d):.2f} | {d[int(0.9 * len(d))]:.2f} |")
     totals = {"compute (decode .. encode, timings_ms.total_ms)": lambda r: r["compute"],
-              "overhead (end to end - compute)": lambda r: r["answered"] - r["sent"] - r["compute"]}  # fmt: skip
+              "overhead (end to end - compute)": overhead}  # fmt: skip
     for name, f in totals.items():
         d = sorted(f(r) * 1000 for r in rows)
         print(f"| {name} | {statistics.median(d):.2f} | {d[int(0.9 * len(d))]:.2f} |")
+    if args.worst > 0:
+        print(worst_table(rows, args.worst))
     return 0
+
+
+def job_marks(trace: str) -> list[dict[str, float]]:
+    """Each job's marks from the trace file: a label's first mark after the job's ``job`` line
+    (``event<``: its last), and a call's end only where its start is the job's too, since
+    another process may still be writing the last job's trailing marks (its reply read after
+    the client already sent the next job)."""
+    marks: list[dict[str, float]] = []
+    for line in trace.splitlines():
+        if line == "job":
+            marks.append({})
+        elif marks:
+            t, _pid, label = line.split()
+            if label.endswith("<") and f"{label[:-1]}>" not in marks[-1]:
+                continue
+            if label not in marks[-1] or label == "event<":
+                marks[-1][label] = float(t)
+    for m in marks:  # a job a lingering task claimed: its take marks may be the last job's trailing look
+        if "heard" in m:
+            for label in ("brpop<", "unacked>", "unacked<", "take>", "take<"):
+                m.pop(label, None)
+    return marks
+
+
+def overhead(r: dict[str, float]) -> float:
+    return r["answered"] - r["sent"] - r["compute"]
+
+
+def worst_table(rows: list[dict[str, float]], n: int) -> str:
+    """Every hop of the ``n`` jobs with the largest overhead, beside the median job's: a p99
+    is one or two jobs in a low-load run, and this says which hop they paid it in."""
+    worst = sorted(rows, key=overhead, reverse=True)[:n]
+    median = sorted(rows, key=overhead)[len(rows) // 2]
+    cols = [median, *worst]
+    out = ["", f"| hop (ms) | median job | {' | '.join(f'worst {i + 1}' for i in range(len(worst)))} |",
+           "|---|" + "---|" * len(cols)]  # fmt: skip
+    for a, b, what in HOPS:
+        if any(a in r and b in r for r in cols):
+            cells = [f"{(r[b] - r[a]) * 1000:.2f}" if a in r and b in r else "-" for r in cols]
+            out.append(f"| {what} | {' | '.join(cells)} |")
+    for what, f in (("compute (timings_ms.total_ms)", lambda r: r["compute"]), ("overhead", overhead)):
+        out.append(f"| {what} | {' | '.join(f'{f(r) * 1000:.2f}' for r in cols)} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

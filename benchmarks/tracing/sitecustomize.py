@@ -79,7 +79,7 @@ def _install(path: str) -> None:
             wrap(m.JobStore, "complete", "complete"),
         ),
         "kombu.transport.redis": lambda m: (wrap(m.Channel, "_brpop_read", "brpop"), wrap(m.QoS, "append", "unacked")),
-        "worker.pipeline": lambda m: wrap(m.Pipeline, "run", "pipeline"),
+        "worker.pipeline": lambda m: (wrap(m.Pipeline, "compute", "compute"), wrap(m.Pipeline, "finish", "finish")),
         "worker.linger": lambda m: wrap_heard(m.QueueWatch, "wait", "heard"),
     }
 

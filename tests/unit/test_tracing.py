@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from benchmarks.hop_trace import HOPS, job_marks, worst_table
 from tests.conftest import ROOT
 
 CHECK = """
@@ -15,7 +16,7 @@ import uvicorn.protocols.http.httptools_impl as h
 wrapped = [h.HttpToolsProtocol.data_received, h.RequestResponseCycle.send, api.validation.checked_form,
            api.events.Follower.put, api.routes.jobs.view, shared.jobs.JobStore.create, shared.jobs.JobStore.take,
            shared.jobs.JobStore.load_for_run, shared.jobs.JobStore.complete, kombu.transport.redis.Channel._brpop_read,
-           kombu.transport.redis.QoS.append, worker.pipeline.Pipeline.run]
+           kombu.transport.redis.QoS.append, worker.pipeline.Pipeline.compute, worker.pipeline.Pipeline.finish]
 assert all(hasattr(f, "__wrapped__") for f in wrapped), [f for f in wrapped if not hasattr(f, "__wrapped__")]
 async def main():
     api.events.Follower(("c",)).put("x")
@@ -30,3 +31,26 @@ def test_every_traced_function_is_wrapped_and_a_call_is_recorded(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     labels = [line.split()[2] for line in log.read_text().splitlines()]
     assert labels == ["event>", "event<"]
+
+
+def test_a_call_s_end_counts_only_after_its_start_in_the_same_job():
+    """The worker may write the last job's trailing reply after the client sent the next job:
+    that end must not pair with this job's start (it gave a hop of -178 ms)."""
+    trace = "\n".join([
+        "job", "1.000 1 complete>", "1.001 1 complete<",
+        "job", "2.000 2 recv>", "2.0005 1 complete<", "2.100 1 complete>", "2.102 1 complete<",
+        "2.103 3 event>", "2.104 3 event<", "2.105 3 event<",
+    ])  # fmt: skip
+    first, second = job_marks(trace)
+    assert first == {"complete>": 1.0, "complete<": 1.001}
+    assert second["complete>"] == 2.1 and second["complete<"] == 2.102
+    assert second["event<"] == 2.105  # the last delivery of the final event
+
+
+def test_the_worst_jobs_table_names_the_hop_that_paid():
+    base = {"sent": 0.0, "recv>": 0.001, "form>": 0.0015, "create>": 0.002, "compute": 0.010}
+    rows = [{**base, "answered": 0.0125}, {**base, "answered": 0.013}, {**base, "create>": 0.032, "answered": 0.043}]
+    table = worst_table(rows, 1)
+    form_row = next(line for line in table.splitlines() if line.startswith(f"| {HOPS[2][2]} |"))
+    assert form_row.split("|")[2:4] == [" 0.50 ", " 30.50 "]  # median job, worst job
+    assert table.splitlines()[-1] == "| overhead | 3.00 | 33.00 |"

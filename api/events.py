@@ -83,9 +83,7 @@ class EventHub:
         f = Follower(tuple(channels))
         for c in f.channels:
             self.followers[c].add(f)
-        if self.task is None or self.task.done():
-            self.ready = asyncio.Event()
-            self.task = asyncio.create_task(self._read())
+        self.start()
         try:
             if not self.ready.is_set():  # wait_for would cost a task and a loop turn even when set
                 await asyncio.wait_for(self.ready.wait(), 10)  # subscribed before the caller reads the record
@@ -93,6 +91,14 @@ class EventHub:
             await self.unfollow(f)
             raise redis.ConnectionError("the event stream could not subscribe") from None
         return f
+
+    def start(self) -> None:
+        """Connect and subscribe in the background unless already under way: the first follower
+        waits for that (a connection and a subscription, ~5 ms), so the gateway starts it at
+        start-up (``api/warmup.py``). With no follower it lets go again after ``IDLE_S``."""
+        if self.task is None or self.task.done():
+            self.ready = asyncio.Event()
+            self.task = asyncio.create_task(self._read())
 
     async def unfollow(self, f: Follower) -> None:
         for c in f.channels:

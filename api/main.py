@@ -13,6 +13,7 @@ from api.deps import Services
 from api.events import EventHub
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, metrics, models, web
+from api.warmup import warm_up
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = (
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.events = EventHub(settings)
+        await warm_up(app, app.state.services, app.state.events)  # first-request costs paid here, not by a user
         gc.collect()
         gc.freeze()  # start-up objects live as long as the process: full collections skip them
         yield

@@ -11,6 +11,7 @@ runner never raises for a bad job, so one bad job cannot take the worker down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -420,7 +421,10 @@ def _abandon_finisher() -> None:
         executor.shutdown(wait=False)
 
 
+@functools.cache
 def software_versions() -> dict[str, str]:
+    """Read once per process (importlib.metadata takes milliseconds); ``runtime.init`` reads
+    it before the first job, so no job pays for it."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -432,12 +436,7 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-_SOFTWARE: dict[str, str] = {}
-
-
 def reproduction(manifest: ModelManifest, rec: JobRecord, device: str, target_layer: str) -> Reproduction:
-    if not _SOFTWARE:
-        _SOFTWARE.update(software_versions())
     return Reproduction(
         architecture=manifest.architecture,
         format=manifest.format,
@@ -451,7 +450,7 @@ def reproduction(manifest: ModelManifest, rec: JobRecord, device: str, target_la
         requested_class=rec.spec.target_class,
         variant=rec.spec.variant,
         device=device,
-        software=dict(_SOFTWARE),
+        software=dict(software_versions()),
     )
 
 

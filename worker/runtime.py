@@ -25,7 +25,7 @@ from worker.device import resolve_device
 from worker.linger import QueueWatch
 from worker.loader import LoadedModel, ModelCache
 from worker.pipeline import Item, Pipeline, default_threads
-from worker.runner import JobRunner
+from worker.runner import JobRunner, software_versions
 
 log = logging.getLogger("segcam.worker")
 
@@ -83,6 +83,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         manifest = store.resolve(name)
         warm_up(cache.get(manifest), threads)
         log.info("loaded %s on %s", manifest.ref, device)
+    software_versions()  # every result records them: read now, not in the first job
     _runner = JobRunner(
         jobs=job_store(settings),
         artifacts=ArtifactStore(client, keys, settings.artifact_ttl_s),

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,6 +53,27 @@ def steady_heap() -> Iterator[dict]:
         gc.callbacks.remove(timer)
         gc.unfreeze()
         stats["max_pause_ms"] = round(stats["max_pause_ms"], 2)
+
+
+class Window:
+    """A timed window for closed-loop users that opens once all ``users`` have arrived (each
+    after its untimed warm-up) and closes ``seconds`` later, so that no user's first, cold
+    request falls inside it and every user starts with a connection already made."""
+
+    def __init__(self, users: int, seconds: float, timeout: float = 300.0) -> None:
+        self.seconds = seconds
+        self.timeout = timeout
+        self.start = self.stop = float("nan")
+        self._all_in = threading.Barrier(users, action=self._open)
+
+    def _open(self) -> None:
+        self.start = time.perf_counter()
+        self.stop = self.start + self.seconds
+
+    def arrive(self) -> None:
+        """Wait for the other users; a user that never comes breaks the wait for all (after
+        ``timeout``) instead of hanging the run."""
+        self._all_in.wait(self.timeout)
 
 
 def multipart_request(url: str, image: bytes, fields: dict[str, str] | None = None) -> bytes:

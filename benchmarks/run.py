@@ -192,9 +192,9 @@ def closed_loop(
     httpx, so the overhead measured is the service's rather than the client library's.
 
     Each user's first job is untimed: it warms the user's connection and client library (an
-    httpx client's first request costs it ~20 ms of its own), and on a fresh stack it is the
-    stack's first job, kept apart as ``first_job_overhead_ms`` (a cold start is not low load).
-    The window starts when every user has had its first answer."""
+    httpx client's first request cost it 12-24 ms of its own in ``make trace``), and on a
+    fresh stack it is the stack's first job, kept apart as ``first_job_overhead_ms`` (a cold
+    start is not low load). The window opens when every user has had its first answer."""
     lat, compute, queue_wait, errors, batch_sizes, wrong, first = [], [], [], [], [], [], []
     lock = threading.Lock()
     window = loadgen.Window(clients, seconds)

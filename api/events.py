@@ -61,12 +61,13 @@ class EventHub:
     """Fans the deployment's job events out to the followers in this process.
 
     A single reader task owns the pub/sub connection: it pattern-subscribes to every job and
-    queue channel when the first follower arrives and lets go after a quiet minute. Nothing
-    else touches that connection (redis-py's pub/sub is not safe for a second task to
-    subscribe on while the reader waits), so no message is lost to a race.
+    queue channel when the first follower arrives, and after ``events_idle_s`` with no
+    follower it unsubscribes (an API whose clients do not wait then reads no job's events)
+    but keeps the connection, so the next follower waits for one round trip, not for a new
+    connection and its handshake. Nothing else touches that connection (redis-py's pub/sub
+    is not safe for a second task to subscribe on while the reader waits), so no message is
+    lost to a race.
     """
-
-    IDLE_S = 60.0
 
     def __init__(self, settings: Settings) -> None:
         self.keys = Keys(settings.key_prefix)
@@ -74,6 +75,7 @@ class EventHub:
         self.followers: dict[str, set[Follower]] = defaultdict(set)
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()
+        self.wanted = asyncio.Event()  # set by a new follower; wakes a reader parked unsubscribed
 
     async def follow(self, job_id: str, queue: str | None = None) -> Follower:
         """Hear the job's changes and, with ``queue``, its queue's moves (positions for SSE;
@@ -93,9 +95,10 @@ class EventHub:
         return f
 
     def start(self) -> None:
-        """Connect and subscribe in the background unless already under way: the first follower
-        waits for that (a connection and a subscription, ~5 ms), so the gateway starts it at
-        start-up (``api/warmup.py``). With no follower it lets go again after ``IDLE_S``."""
+        """Connect and subscribe in the background unless already under way, or wake a reader
+        parked unsubscribed: the first follower waits for that (a connection and a
+        subscription, ~5 ms), so the gateway starts it at start-up (``api/warmup.py``)."""
+        self.wanted.set()
         if self.task is None or self.task.done():
             self.ready = asyncio.Event()
             self.task = asyncio.create_task(self._read())
@@ -107,40 +110,67 @@ class EventHub:
                 del self.followers[c]
 
     async def _read(self) -> None:
-        idle_since: float | None = None
+        pattern = self.keys.events_pattern()
         while True:
             client = aioredis.Redis.from_url(
-                self.settings.redis_url, socket_connect_timeout=self.settings.redis_connect_timeout_s
+                self.settings.redis_url,
+                socket_connect_timeout=self.settings.redis_connect_timeout_s,
+                client_name=f"{self.settings.key_prefix}-events",  # findable in CLIENT LIST
             )
             pubsub = client.pubsub()
+            parked = False
             try:
-                await pubsub.psubscribe(self.keys.events_pattern())
-                while (msg := await pubsub.get_message(timeout=5.0)) is None or msg["type"] != "psubscribe":
-                    pass
-                self.ready.set()
-                self._wake_all()  # anything may have happened while we were not listening
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg and msg.get("type") == "pmessage":
-                        channel, payload = msg["channel"].decode(), msg["data"].decode()
-                        for f in list(self.followers.get(channel, ())):
-                            f.put(payload)
-                    if self.followers:
-                        idle_since = None
-                    elif idle_since is None:
-                        idle_since = asyncio.get_running_loop().time()
-                    elif asyncio.get_running_loop().time() - idle_since > self.IDLE_S:
-                        return
+                while True:  # one subscription per turn; an idle spell ends a turn, not the connection
+                    await pubsub.psubscribe(pattern)
+                    await self._reply(pubsub, "psubscribe")
+                    parked = False
+                    self.ready.set()
+                    self._wake_all()  # anything may have happened while we were not listening
+                    await self._listen(pubsub)
+                    self.ready.clear()  # a follower arriving now waits for the next subscription
+                    self.wanted.clear()
+                    await pubsub.punsubscribe(pattern)
+                    await self._reply(pubsub, "punsubscribe")
+                    if not self.followers:
+                        parked = True
+                        await self.wanted.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis went away: followers re-read (and report 503); reconnect
                 log.warning("event stream interrupted: %s", e)
                 self._wake_all()
-                await asyncio.sleep(1.0)
+                if not parked:  # a connection that died while parked is replaced at once
+                    await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                     await client.aclose()
+
+    async def _reply(self, pubsub, kind: str) -> None:
+        """Reads up to the server's confirmation, so that ``ready`` means subscribed. A
+        connection that went quiet while parked (a peer gone without a reset) gets no
+        answer: that counts as a lost connection, so it is replaced."""
+        deadline = asyncio.get_running_loop().time() + self.settings.redis_socket_timeout_s
+        while (msg := await pubsub.get_message(timeout=1.0)) is None or msg["type"] != kind:
+            if asyncio.get_running_loop().time() > deadline:
+                raise redis.ConnectionError(f"no {kind} confirmation from Redis")
+
+    async def _listen(self, pubsub) -> None:
+        """Hands each event to its followers until ``events_idle_s`` has passed without one."""
+        loop = asyncio.get_running_loop()
+        idle_since: float | None = None
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg and msg.get("type") == "pmessage":
+                channel, payload = msg["channel"].decode(), msg["data"].decode()
+                for f in list(self.followers.get(channel, ())):
+                    f.put(payload)
+            if self.followers:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since > self.settings.events_idle_s:
+                return
 
     def _wake_all(self) -> None:
         for fs in self.followers.values():

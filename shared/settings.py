@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Empty: no authentication. With keys on, a job is visible only to the key that created it.
     api_key_hashes: str = ""
     rate_limit_per_minute: int = 0  # submissions per API key per minute; 0: unlimited
+    # With no SSE or ``?wait`` follower for this long, the gateway's event hub unsubscribes (it
+    # keeps its connection, so the next follower pays one round trip, not a new connection).
+    events_idle_s: float = Field(60.0, gt=0)
 
     # --- Jobs and artifacts ---
     job_ttl_s: int = 24 * 3600

@@ -1,0 +1,94 @@
+"""The gateway's event hub on a real Redis: what happens to its connection between followers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis
+
+from api.events import EventHub
+
+
+def hub_connection(rclient: redis.Redis, name: str) -> dict | None:
+    conns = [c for c in rclient.client_list() if c.get("name") == name]
+    assert len(conns) <= 1, conns
+    return conns[0] if conns else None
+
+
+async def until(check, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return got
+
+
+def test_an_idle_hub_unsubscribes_but_keeps_its_connection_for_the_next_follower(settings, rclient):
+    """The first ``?wait`` after a quiet spell would otherwise pay a new connection (~5 ms)."""
+    settings.events_idle_s = 0.2
+    name = f"{settings.key_prefix}-events"
+    hub = EventHub(settings)
+
+    async def run():
+        hub.start()
+        await asyncio.wait_for(hub.ready.wait(), 5)
+        first = hub_connection(rclient, name)
+        assert first is not None and first["psub"] == "1"
+        parked = await until(lambda: (c := hub_connection(rclient, name)) and c["psub"] == "0" and c)
+        assert parked["id"] == first["id"] and not hub.ready.is_set() and not hub.task.done()
+
+        f = await hub.follow("job1")  # wakes the parked reader: subscribed again before it returns
+        again = hub_connection(rclient, name)
+        assert again["id"] == first["id"] and again["psub"] == "1"
+        rclient.publish(hub.keys.job_events("job1"), "succeeded")
+        got = []
+        while "succeeded" not in got:
+            got += await f.wait(5)
+        await hub.unfollow(f)
+        await hub.close()
+
+    asyncio.run(run())
+
+
+def test_a_connection_lost_while_parked_is_replaced_at_once_for_the_next_follower(settings, rclient):
+    settings.events_idle_s = 0.2
+    name = f"{settings.key_prefix}-events"
+    hub = EventHub(settings)
+
+    async def run():
+        hub.start()
+        await asyncio.wait_for(hub.ready.wait(), 5)
+        parked = await until(lambda: (c := hub_connection(rclient, name)) and c["psub"] == "0" and c)
+        rclient.client_kill_filter(_id=parked["id"])
+        t0 = time.monotonic()
+        f = await hub.follow("job2")
+        waited = time.monotonic() - t0
+        now = hub_connection(rclient, name)
+        assert now is not None and now["id"] != parked["id"] and now["psub"] == "1"
+        assert waited < 0.9, f"the reader slept its reconnect back-off ({waited:.2f} s) before a waiting follower"
+        rclient.publish(hub.keys.job_events("job2"), "failed")
+        got = []
+        while "failed" not in got:
+            got += await f.wait(5)
+        await hub.close()
+
+    asyncio.run(run())
+
+
+def test_a_follower_keeps_the_subscription_however_long_it_waits(settings, rclient):
+    settings.events_idle_s = 0.2
+    name = f"{settings.key_prefix}-events"
+    hub = EventHub(settings)
+
+    async def run():
+        f = await hub.follow("job3")
+        await asyncio.sleep(1.5)  # past the idle limit, with a follower
+        assert hub_connection(rclient, name)["psub"] == "1" and hub.ready.is_set()
+        rclient.publish(hub.keys.job_events("job3"), "cancelled")
+        got = []
+        while "cancelled" not in got:
+            got += await f.wait(5)
+        await hub.close()
+
+    asyncio.run(run())

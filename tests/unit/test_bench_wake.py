@@ -3,8 +3,18 @@ the run's report names the host's figure so overhead from two hosts can be read 
 
 from __future__ import annotations
 
+import json
+
 from benchmarks.report import markdown
-from benchmarks.wake import describe, idle_driver, redis_round_trips, round_trips
+from benchmarks.wake import (
+    code_after_idle,
+    describe,
+    describe_code,
+    hop_code,
+    idle_driver,
+    redis_round_trips,
+    round_trips,
+)
 
 
 class FakeHost:
@@ -50,3 +60,26 @@ def test_the_idle_driver_is_read_where_the_kernel_has_one(tmp_path, redis_url):
     assert idle_driver(tmp_path) == {"cpuidle": "haltpoll", "guest_halt_poll_ns": 200000}
     w = redis_round_trips(redis_url, rounds=2, idle_ms=1, sys_root=tmp_path)
     assert describe(w).endswith("after 1 ms idle; cpuidle haltpoll, guest_halt_poll_ns 200000")
+
+
+def test_code_after_idle_times_the_code_only_and_spinning_does_not_sleep():
+    host = FakeHost()
+    calls = []
+
+    def code():  # 40 us hot, 150 us right after a sleep
+        host.now += 0.00015 if host.slept else 0.00004
+        host.slept = False
+        calls.append(1)
+
+    def spin(s: float) -> None:  # time passes, awake
+        host.now += s
+
+    c = code_after_idle(code, rounds=10, idle_ms=50, sleep=host.sleep, clock=host.clock, spin=spin)
+    assert (c["hot_us"], c["after_spin_us"], c["after_sleep_us"]) == (40.0, 40.0, 150.0)
+    assert len(calls) == 3 * (100 + 10)
+    assert "40 us hot, 40 us after 50 ms spinning, 150 us after 50 ms asleep" in describe_code(c)
+
+
+def test_the_hop_code_is_real_json_work():
+    out = json.loads(hop_code())
+    assert out["result"]["artifacts"]["mask"].endswith("/artifacts/mask") and "owner" not in out

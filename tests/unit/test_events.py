@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import redis
 
 from api.events import EventHub
@@ -16,6 +17,20 @@ def hub_connection(rclient: redis.Redis, name: str) -> dict | None:
     return conns[0] if conns else None
 
 
+async def hears(rclient: redis.Redis, hub: EventHub, f, job: str, message: str) -> None:
+    """A message published on the job's channel reaches its follower."""
+    rclient.publish(hub.keys.job_events(job), message)
+    got = []
+    while message not in got:
+        got += await asyncio.wait_for(f.wait(5), 6)
+
+
+@pytest.fixture
+def hub(settings) -> EventHub:
+    settings.events_idle_s = 0.2
+    return EventHub(settings)
+
+
 async def until(check, timeout: float = 5.0):
     deadline = time.monotonic() + timeout
     while not (got := check()):
@@ -24,11 +39,9 @@ async def until(check, timeout: float = 5.0):
     return got
 
 
-def test_an_idle_hub_unsubscribes_but_keeps_its_connection_for_the_next_follower(settings, rclient):
+def test_an_idle_hub_unsubscribes_but_keeps_its_connection_for_the_next_follower(settings, rclient, hub):
     """The first ``?wait`` after a quiet spell would otherwise pay a new connection (~5 ms)."""
-    settings.events_idle_s = 0.2
     name = f"{settings.key_prefix}-events"
-    hub = EventHub(settings)
 
     async def run():
         hub.start()
@@ -41,20 +54,15 @@ def test_an_idle_hub_unsubscribes_but_keeps_its_connection_for_the_next_follower
         f = await hub.follow("job1")  # wakes the parked reader: subscribed again before it returns
         again = hub_connection(rclient, name)
         assert again["id"] == first["id"] and again["psub"] == "1"
-        rclient.publish(hub.keys.job_events("job1"), "succeeded")
-        got = []
-        while "succeeded" not in got:
-            got += await f.wait(5)
+        await hears(rclient, hub, f, "job1", "succeeded")
         await hub.unfollow(f)
         await hub.close()
 
     asyncio.run(run())
 
 
-def test_a_connection_lost_while_parked_is_replaced_at_once_for_the_next_follower(settings, rclient):
-    settings.events_idle_s = 0.2
+def test_a_connection_lost_while_parked_is_replaced_at_once_for_the_next_follower(settings, rclient, hub):
     name = f"{settings.key_prefix}-events"
-    hub = EventHub(settings)
 
     async def run():
         hub.start()
@@ -67,28 +75,20 @@ def test_a_connection_lost_while_parked_is_replaced_at_once_for_the_next_followe
         now = hub_connection(rclient, name)
         assert now is not None and now["id"] != parked["id"] and now["psub"] == "1"
         assert waited < 0.9, f"the reader slept its reconnect back-off ({waited:.2f} s) before a waiting follower"
-        rclient.publish(hub.keys.job_events("job2"), "failed")
-        got = []
-        while "failed" not in got:
-            got += await f.wait(5)
+        await hears(rclient, hub, f, "job2", "failed")
         await hub.close()
 
     asyncio.run(run())
 
 
-def test_a_follower_keeps_the_subscription_however_long_it_waits(settings, rclient):
-    settings.events_idle_s = 0.2
+def test_a_follower_keeps_the_subscription_however_long_it_waits(settings, rclient, hub):
     name = f"{settings.key_prefix}-events"
-    hub = EventHub(settings)
 
     async def run():
         f = await hub.follow("job3")
         await asyncio.sleep(1.5)  # past the idle limit, with a follower
         assert hub_connection(rclient, name)["psub"] == "1" and hub.ready.is_set()
-        rclient.publish(hub.keys.job_events("job3"), "cancelled")
-        got = []
-        while "cancelled" not in got:
-            got += await f.wait(5)
+        await hears(rclient, hub, f, "job3", "cancelled")
         await hub.close()
 
     asyncio.run(run())

@@ -52,12 +52,11 @@ async def until_parked(hub: EventHub, timeout: float = 10.0) -> None:
 async def measure(settings: Settings, rounds: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {s: [] for s in STATES}
     hub = EventHub(settings)
+    await follow_ms(hub, "start")
     for i in range(rounds + 1):  # round 0 warms each path up and is not kept
         fresh = EventHub(settings)
         new_ms = await follow_ms(fresh, f"n{i}")
         await fresh.close()
-        if hub.task is None:
-            await follow_ms(hub, "start")
         hot_ms = await follow_ms(hub, f"s{i}")
         await until_parked(hub)
         parked_ms = await follow_ms(hub, f"p{i}")

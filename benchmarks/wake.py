@@ -8,7 +8,7 @@ wake-up (a halted vCPU, a core in a deep sleep state, cold caches). No code here
 and it differs between the hosts this project is lent by more than the code's own changes do,
 so ``make bench`` records it with the machine: overhead figures from two hosts can then be read
 against it. The command also times a piece of Python with no I/O at all, about what one hop
-runs (a 2 KB job record parsed and a view of it dumped as JSON), hot, after ``idle-ms`` of
+runs (a 1.6 KB job record parsed and a view of it dumped as JSON), hot, after ``idle-ms`` of
 spinning (time passes, the vCPU stays awake) and after ``idle-ms`` of sleep: what idling costs
 code that touches no socket.
 """
@@ -82,7 +82,7 @@ def code_after_idle(
 
 
 def describe_code(c: dict) -> str:
-    return (f"a hop's Python (2 KB record parsed, view dumped), p50: {c['hot_us']:.0f} us hot, "
+    return (f"a hop's Python (1.6 KB record parsed, view dumped), p50: {c['hot_us']:.0f} us hot, "
             f"{c['after_spin_us']:.0f} us after {c['idle_ms']:.0f} ms spinning, {c['after_sleep_us']:.0f} us "
             f"after {c['idle_ms']:.0f} ms asleep")  # fmt: skip
 

@@ -24,7 +24,6 @@ import json
 import statistics
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from api.events import EventHub
 from shared.settings import Settings
@@ -90,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     summ = summary(asyncio.run(measure(settings, args.rounds)))
     print(markdown(summ))
     if not args.no_save:
-        from benchmarks.run import machine
+        from benchmarks import run
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = Path(__file__).parent / "results" / f"events_idle-{stamp}.json"
-        out.write_text(json.dumps({"args": vars(args), "machine": machine(), "follow_ms": summ}, indent=1) + "\n")
-        print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
+        out = run.RESULTS / f"events_idle-{stamp}.json"
+        out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "follow_ms": summ}, indent=1) + "\n")
+        print(f"wrote {out.relative_to(run.ROOT)}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Low-load overhead with the guest's halt polling off and on, side by side in one run.
 
     sudo .venv/bin/python -m benchmarks.halt_poll_ab [--values 0,200000] [--rounds 2] [--raw]
+    .venv/bin/python -m benchmarks.halt_poll_ab --spin [--model realistic] [--raw]
 
 Why: on a KVM guest whose ``haltpoll`` cpuidle driver has ``guest_halt_poll_ns=0``, every
 idle vCPU halts at once, so each short wait between two hops of a job (the API waiting on
@@ -10,12 +11,20 @@ low-load overhead (the same stack, one client with ``POST ?wait``), alternating 
 round by round so that the machine's drift hits both, and puts the original value back
 whatever happens. Needs root and the haltpoll driver; it changes a host-wide setting only
 while it runs. Prints a table and writes ``benchmarks/results/halt_poll_ab-<utc-time>.json``.
+
+``--spin`` asks the same question without root or haltpoll, to the end: rounds alternate
+between the host as it is and one busy loop per CPU at ``SCHED_IDLE`` priority, which keeps
+every vCPU from halting while any other thread preempts it at once (the low-latency trick of
+polling instead of sleeping).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +34,50 @@ from benchmarks.overhead_ab import overhead_table
 from benchmarks.wake import idle_driver
 
 PARAM = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+SPINNER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def spinners(n: int):
+    """``n`` busy loops at SCHED_IDLE priority, killed on the way out whatever happens."""
+    procs = [subprocess.Popen([sys.executable, "-c", SPINNER]) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def spin_ab(args: argparse.Namespace) -> int:
+    bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
+    model, _ = run.MODELS[args.model]
+    rows: dict[str, list[dict]] = {"halting": [], "spinning": []}
+    try:
+        for n in range(1, args.rounds + 1):
+            for mode in rows:
+                with spinners((os.cpu_count() or 1) if mode == "spinning" else 0):
+                    procs, url = bench.segcam(models=model)
+                    try:
+                        res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=False,
+                                              raw=args.raw)  # fmt: skip
+                    finally:
+                        bench.cleanup(procs)
+                rows[mode].append(res)
+                print(f"round {n} {mode}: overhead p50 {res['overhead_ms']['p50']:.2f} ms", flush=True)
+    finally:
+        bench.close()
+    summary = overhead_table(rows, "idle vCPUs")
+    print(f"\noverhead p50 ratio spinning / halting: "
+          f"{summary['spinning']['overhead_p50'] / summary['halting']['overhead_p50']:.2f}")  # fmt: skip
+    return _save(args, {"rounds": rows, "summary": summary})
+
+
+def _save(args: argparse.Namespace, body: dict) -> int:
+    out = run.RESULTS / f"halt_poll_ab-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), **body}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--raw", action="store_true", help="POST ?wait from a raw-socket client instead of httpx")
+    ap.add_argument("--spin", action="store_true", help="halting vCPUs against SCHED_IDLE busy loops (no root)")
     args = ap.parse_args(argv)
+    if args.spin:
+        return spin_ab(args)
     values = [int(v) for v in args.values.split(",")]
     if idle_driver().get("cpuidle") != "haltpoll" or not PARAM.exists():
         print("this host's cpuidle driver is not haltpoll: nothing to compare", file=sys.stderr)
@@ -67,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     a, b = (str(v) for v in values[:2])
     print(f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}"
           f" (guest_halt_poll_ns back at {original})")  # fmt: skip
-    out = Path(__file__).parent / "results" / f"halt_poll_ab-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "original": original, "rounds": rows,
-                               "summary": summary}, indent=2) + "\n")  # fmt: skip
-    print(f"wrote {out}")
-    return 0
+    return _save(args, {"original": original, "rounds": rows, "summary": summary})
 
 
 if __name__ == "__main__":

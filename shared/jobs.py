@@ -359,9 +359,8 @@ class JobStore:
                 spec.variant or "", message, repr(now - self.drain_window_s), *flat]  # fmt: skip
         pipe = self.r.pipeline(transaction=True)  # MULTI: the upload and the job exist together or not at all
         pipe.set(k.upload(job_id), upload, ex=self.upload_ttl_s)
-        pipe.publish(k.queue_uploads(queue), job_id.encode() + b" " + upload)
         pipe.eval(_CREATE, len(keys), *keys, *args)  # by its body, as _queue_finish does: no SCRIPT EXISTS first
-        kind, value, *drain = pipe.execute()[2]
+        kind, value, *drain = pipe.execute()[1]
         kind = kind.decode()
         if kind == "full":
             done, oldest = int(drain[0]), float(drain[1]) if drain[1] else now

@@ -64,11 +64,6 @@ class Keys:
         """Pub/sub channel: positions in a queue changed."""
         return f"{self.prefix}:ev:queue:{queue}"
 
-    def queue_uploads(self, queue: str) -> str:
-        """Pub/sub channel: each submission's upload as it is queued, for a lingering worker to
-        decode while its claim is on the way (outside ``events_pattern``: no API hears it)."""
-        return f"{self.prefix}:up:{queue}"
-
     def events_pattern(self) -> str:
         return f"{self.prefix}:ev:*"
 

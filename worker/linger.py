@@ -29,15 +29,12 @@ log = logging.getLogger("segcam.worker")
 
 
 class QueueWatch:
-    def __init__(self, client: redis.Redis, channels: dict[str, str], uploads: dict[str, str] | None = None) -> None:
-        """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels;
-        ``uploads``: the same queues -> the channels that carry their submissions' uploads."""
+    def __init__(self, client: redis.Redis, channels: dict[str, str]) -> None:
+        """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels."""
         self.client = client
         self.queue_of = {ch.encode(): q for q, ch in channels.items()}
-        self.upload_channels = {ch.encode() for ch in (uploads or {}).values()}
         self.ps: redis.client.PubSub | None = None
         self.listening = False
-        self.last_upload: tuple[str, bytes] | None = None
 
     def start(self, timeout: float = 1.0) -> bool:
         """Listen from now on. Returns once Redis has confirmed the subscriptions, so a job
@@ -46,9 +43,9 @@ class QueueWatch:
             return True
         try:
             if self.ps is None:
-                self.ps = self.client.pubsub(push_handler_func=lambda r: r)
-            self.ps.subscribe(*self.queue_of, *self.upload_channels)
-            pending, deadline = len(self.queue_of) + len(self.upload_channels), time.monotonic() + timeout
+                self.ps = self.client.pubsub()
+            self.ps.subscribe(*self.queue_of)
+            pending, deadline = len(self.queue_of), time.monotonic() + timeout
             while pending and (left := deadline - time.monotonic()) > 0:
                 m = self.ps.get_message(timeout=left)  # earlier replies (unsubscribe, stale messages) skipped
                 if m is not None and m["type"] == "subscribe":
@@ -67,10 +64,6 @@ class QueueWatch:
         try:
             while (left := until - time.monotonic()) > 0:
                 m = self.ps.get_message(timeout=left)
-                if m is not None and m["type"] == "message" and m["channel"] in self.upload_channels:
-                    job_id, _, data = m["data"].partition(b" ")
-                    self.last_upload = (job_id.decode(), data)  # published just before its "queued"
-                    continue
                 if m is None or m["type"] != "message" or not m["data"].startswith(b"queued "):
                     continue  # a timeout slice, or positions that moved
                 if self.queue_of.get(m["channel"]) != queue:
@@ -81,17 +74,11 @@ class QueueWatch:
             self._drop()
         return None
 
-    def upload(self, job_id: str) -> bytes | None:
-        """The upload of ``job_id`` if it came with its announcement (once)."""
-        last, self.last_upload = self.last_upload, None
-        return last[1] if last is not None and last[0] == job_id else None
-
     def stop(self) -> None:
         """Stop listening until the next ``start``: nothing piles up while jobs run."""
         if not self.listening:
             return
         self.listening = False
-        self.last_upload = None
         try:
             self.ps.unsubscribe()
         except redis.RedisError:

@@ -38,16 +38,6 @@ class Item:
     job_id: str
     data: bytes
     class_id: int | None = None
-    early: EarlyDecode | None = None  # ``data`` already being decoded (a lingering task's claim)
-
-
-@dataclass
-class EarlyDecode:
-    """An upload's decoding, started on another thread before its job was claimed, so the
-    claim's round trip overlaps it. ``started`` (``perf_counter``) counts in the job's timings."""
-
-    started: float
-    future: Future
 
 
 @dataclass
@@ -129,8 +119,7 @@ class Pipeline:
 
         stage("preprocess")
         t0 = self.clock()
-        images = self._decode(items)
-        t0 = min([t0, *(it.early.started for it in items if it.early is not None)])
+        images = self._map(decode_rgb, [it.data for it in items])
         x = self.preprocess(images)
         t1 = self.clock()
 
@@ -192,11 +181,6 @@ class Pipeline:
             artifacts = {"mask": mask, "heatmap": heat_png, "overlay": overlay}
             results.append(ItemResult(image.size[0], image.size[1], stats, explanation, artifacts, cams[i], labels))
         return results
-
-    def _decode(self, items: list[Item]) -> list[Image.Image]:
-        todo = [it for it in items if it.early is None]
-        decoded = dict(zip((it.job_id for it in todo), self._map(decode_rgb, [it.data for it in todo]), strict=True))
-        return [decoded[it.job_id] if it.early is None else it.early.future.result() for it in items]
 
     def _map(self, fn: Callable, xs: list) -> list:
         if len(xs) == 1:  # nothing to share: a hand-off would only add its own cost

@@ -27,7 +27,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared import webhooks
 from shared.artifacts import ArtifactStore
 from shared.celery_app import app as celery_app
-from shared.imaging import ImageRejected, decode_rgb
+from shared.imaging import ImageRejected
 from shared.jobs import Completed, JobRecord, JobStore, Taken
 from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
@@ -35,7 +35,7 @@ from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
 from worker import faults
 from worker.linger import QueueWatch
 from worker.loader import ModelCache, ModelLoadError
-from worker.pipeline import Computed, EarlyDecode, Item, ItemResult, Pipeline
+from worker.pipeline import Computed, Item, ItemResult, Pipeline
 
 log = logging.getLogger("segcam.worker")
 
@@ -78,7 +78,6 @@ class JobRunner:
         self.postprocess_threads = postprocess_threads
         self.overlap = overlap
         self._sending = threading.Lock()  # webhooks are queued from the lane's thread too
-        self._early: tuple[str, bytes, EarlyDecode] | None = None
 
     def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
         """Run what the Celery task ``token`` is owed; returns job ID -> final status. ``hint``: the
@@ -112,7 +111,6 @@ class JobRunner:
                     outcome.update(lane.wait())
                 if (heard := self._linger(queue, started)) is None:
                     return outcome
-                self._decode_early(heard)
                 taken = self._backlog(queue, token, hint=heard or None)
         finally:
             if lane is not None:
@@ -127,22 +125,6 @@ class JobRunner:
             queue, token, self.worker, self.max_batch_size, mode="claim", drop_spare=True, backlog_only=True,
             load=True, hint=hint,
         )  # fmt: skip
-
-    def _decode_early(self, job_id: str) -> None:
-        """Start decoding the upload that came with ``job_id``'s announcement on another thread,
-        so the claim's round trip overlaps it; used only if that job is the one claimed."""
-        data = self.watch.upload(job_id) if job_id else None
-        if data is None:
-            self._early = None
-            return
-        self._early = (job_id, data, EarlyDecode(time.perf_counter(), _decoder().submit(decode_rgb, data)))
-
-    def _early_for(self, job_id: str, data: bytes) -> EarlyDecode | None:
-        early, self._early = self._early, None
-        if early is not None and early[0] == job_id and early[1] == data:
-            return early[2]
-        self._early = early
-        return None
 
     def _linger(self, queue: str, started: float) -> str | None:
         """The queue is empty: wait for its next job. Returns the ID of a job just queued ("" to
@@ -260,7 +242,7 @@ class JobRunner:
             model = self.cache.get(manifest)
         except (ModelNotFound, ModelLoadError, ValueError) as e:
             return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}, None
-        items = [Item(rec.id, data, rec.spec.target_class, self._early_for(rec.id, data)) for rec, data in group]
+        items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
         hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
         pipeline = Pipeline(model, self.postprocess_threads)
         t0 = time.perf_counter()
@@ -431,17 +413,6 @@ def _finisher() -> ThreadPoolExecutor:
     if pid not in _FINISHERS:
         _FINISHERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="finish")
     return _FINISHERS[pid]
-
-
-_DECODERS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _decoder() -> ThreadPoolExecutor:
-    """The thread that decodes a lingering task's next upload while its claim is under way."""
-    pid = os.getpid()
-    if pid not in _DECODERS:
-        _DECODERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="decode")
-    return _DECODERS[pid]
 
 
 def _abandon_finisher() -> None:

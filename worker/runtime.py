@@ -94,11 +94,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_wait_ms=settings.max_wait_ms,
         drain_s=settings.drain_s,
         linger_ms=settings.linger_ms,
-        watch=QueueWatch(
-            client,
-            {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models},
-            {keys.celery_queue(m): keys.queue_uploads(keys.celery_queue(m)) for m in models},
-        ),
+        watch=QueueWatch(client, {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,

@@ -3,15 +3,20 @@
     python -m benchmarks.lua_blob [--redis redis://127.0.0.1:6379/12] [--kb 64]
 
 Why segcam's create and claim scripts never take or return an upload: prints round-trip
-p50s from Python and Redis's own execution times (SLOWLOG) for the same payload.
+p50s from Python and Redis's own execution times (SLOWLOG) for the same payload. Then why no
+upload travels on pub/sub either: the time from PUBLISH to the subscriber holding the message,
+through redis-py's PubSub (its default push handler formats every message into a debug-log
+string first), with an identity push handler, and on a raw socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -29,6 +34,74 @@ def p50_us(fn, n: int = 2000, before=None, clock=time.perf_counter) -> float:
         fn()
         out.append((clock() - t0) * 1e6)
     return statistics.median(out)
+
+
+def delivery_us(r: redis.Redis, blob: bytes, receive: Callable[[], bytes], channel: str, n: int = 200) -> float:
+    """Median microseconds from PUBLISH to ``receive()`` returning the message's payload, 1 ms
+    apart (a subscriber that has just idled, as a lingering worker has)."""
+    out = []
+    for _ in range(n):
+        time.sleep(0.001)
+        t0 = time.perf_counter()
+        r.publish(channel, blob)
+        got = receive()
+        out.append((time.perf_counter() - t0) * 1e6)
+        if got != blob:
+            raise AssertionError(f"the subscriber received {len(got)} bytes, not the {len(blob)} published")
+    return statistics.median(out)
+
+
+def redis_py_receiver(r: redis.Redis, channel: str, **pubsub_kwargs) -> tuple[Callable[[], bytes], Callable]:
+    ps = r.pubsub(**pubsub_kwargs)
+    ps.subscribe(channel)
+    while (m := ps.get_message(timeout=1.0)) is None or m["type"] != "subscribe":
+        pass
+
+    def receive() -> bytes:
+        while (m := ps.get_message(timeout=1.0)) is None or m["type"] != "message":
+            pass
+        return m["data"]
+
+    return receive, ps.close
+
+
+def raw_receiver(host: str, port: int, db: int, channel: str) -> tuple[Callable[[], bytes], Callable]:
+    """A RESP2 subscriber on a plain socket: what reading the message costs without a client library."""
+    sock = socket.create_connection((host, port))
+    sock.sendall(f"SELECT {db}\r\nSUBSCRIBE {channel}\r\n".encode())
+    buf = b""
+    while buf.count(b"\r\n") < 7:  # +OK, then the subscribe confirmation's six lines
+        buf += sock.recv(65536)
+
+    def receive() -> bytes:
+        head = b"*3\r\n$7\r\nmessage\r\n" + f"${len(channel)}\r\n{channel}\r\n".encode()
+        data = b""
+        while True:
+            data += sock.recv(1 << 20)
+            if data.startswith(head) and b"\r\n" in data[len(head) :]:
+                size, _, rest = data[len(head) + 1 :].partition(b"\r\n")
+                if len(rest) >= int(size) + 2:
+                    return rest[: int(size)]
+
+    return receive, sock.close
+
+
+def pubsub_table(r: redis.Redis, blob: bytes, kb: int) -> None:
+    kw = r.connection_pool.connection_kwargs
+    channel = "segcam-lua-blob-bench"
+    receivers = {
+        "redis-py PubSub, default push handler": lambda: redis_py_receiver(r, channel),
+        "redis-py PubSub, identity push handler": lambda: redis_py_receiver(r, channel, push_handler_func=lambda m: m),
+        "raw socket": lambda: raw_receiver(kw.get("host", "127.0.0.1"), kw.get("port", 6379), kw.get("db", 0), channel),
+    }
+    print(f"\n| PUBLISH -> subscriber holds it, 1 ms apart | {kb} KB p50 us | 10 B p50 us |\n|---|---|---|")
+    for name, make in receivers.items():
+        receive, close = make()
+        try:
+            big, small = delivery_us(r, blob, receive, channel), delivery_us(r, b"x" * 10, receive, channel)
+        finally:
+            close()
+        print(f"| {name} | {big:.0f} | {small:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         r.config_set("slowlog-log-slower-than", slow_before)
         r.delete(key)
+    pubsub_table(r, blob, args.kb)
     return 0
 
 

@@ -14,8 +14,10 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from api import multipart
 from api.deps import Services, services
 from api.errors import ApiError
+from api.multipart import FilePart
 from shared import traffic, webhooks
 from shared.imaging import ImageRejected, inspect
 from shared.model_store import ModelManifest, ModelNotFound
@@ -62,36 +64,58 @@ SUBMIT_BODY = {
 
 @dataclass
 class Submission:
-    image: UploadFile
+    image: FilePart
     fields: dict[str, str | None]
+
+
+async def read_form(request: Request) -> multipart.Parts:
+    """The form's parts: split here when the body is a plain multipart form (``api/multipart.py``),
+    else by Starlette's parser from the same bytes, with its answers to a malformed body."""
+    body = await request.body()
+    try:
+        parts = multipart.parse(body, request.headers.get("content-type", ""))
+    except multipart.Truncated as e:
+        raise ApiError(400, "truncated_form", f"{e}; was the upload cut short?") from None
+    if parts is not None:
+        return parts
+    form = await request.form()  # reads the body kept above
+    try:
+        return [
+            (k, FilePart(v.filename or "", await v.read()) if isinstance(v, UploadFile) else v)
+            for k, v in form.multi_items()
+        ]
+    finally:
+        await form.close()
 
 
 async def checked_form(request: Request, svc: Services = Depends(services)) -> Submission:
     """The submitted form, refusing unknown fields (a typo would otherwise be silently
     ignored), repeated and oversized ones, and a missing or non-file image."""
-    form = await request.form()
-    unknown = sorted({k for k in form if k not in FORM_FIELDS})
+    parts = await read_form(request)
+    unknown = sorted({k for k, _ in parts if k not in FORM_FIELDS})
     if unknown:
         names = ", ".join(repr(k[:40]) for k in unknown[:5])
         raise ApiError(422, "unknown_field", f"unknown form field(s) {names}; accepted: {', '.join(FORM_FIELDS)}")
     fields: dict[str, str | None] = {}
+    image = None
     for key in FORM_FIELDS:
-        values = form.getlist(key)
+        values = [v for k, v in parts if k == key]
         if len(values) > 1:
             raise ApiError(422, "duplicate_field", f"form field '{key}' was sent {len(values)} times")
         value = values[0] if values else None
         if key == "image":
-            if not isinstance(value, UploadFile):
+            if not isinstance(value, FilePart):
                 why = "is missing" if value is None else "must be a file part (with a filename), not a text field"
                 raise ApiError(422, "invalid_request", f"form field 'image' {why}")
+            image = value
             continue
-        if isinstance(value, UploadFile):
+        if isinstance(value, FilePart):
             raise ApiError(422, "invalid_request", f"form field '{key}' must be text, not a file")
         limit = LONG_FIELDS.get(key, svc.settings.max_field_chars)
         if value is not None and len(value) > limit:
             raise ApiError(422, "field_too_long", f"form field '{key}' is longer than {limit} characters")
         fields[key] = value
-    return Submission(form["image"], fields)
+    return Submission(image, fields)
 
 
 def resolve_model(svc: Services, ref: str | None, routing_key: str | None = None) -> tuple[ModelManifest, str | None]:

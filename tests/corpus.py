@@ -82,6 +82,7 @@ def _big_pixels() -> bytes:
 
 
 PNG = _enc(_scene(), "PNG")
+FORM_IMAGE_PART = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n' + PNG
 JPEG = _enc(_scene(), "JPEG")
 
 CASES: dict[str, Case] = {
@@ -90,6 +91,13 @@ CASES: dict[str, Case] = {
         None, raw=b"", content_type="multipart/form-data; boundary=x", status=422, code="invalid_request"
     ),
     "zero_byte_file": Case({"image": ("a.png", b"")}, status=400, code="empty_image"),
+    "truncated_form": Case(  # cut inside its last field: never a job with that field silently dropped
+        None,
+        raw=FORM_IMAGE_PART + b'\r\n--x\r\nContent-Disposition: form-data; name="target_class"\r\n\r\nsq',
+        content_type="multipart/form-data; boundary=x",
+        status=400,
+        code="truncated_form",
+    ),
     "text_file": Case({"image": ("a.png", b"hello world\n" * 10)}, status=415, code="not_an_image"),
     "html_file": Case(
         {"image": ("a.png", b"<!doctype html><html><body>x</body></html>")}, status=415, code="not_an_image"

@@ -102,7 +102,7 @@ async def submit(
     hub: EventHub = Depends(event_hub),
 ) -> Response:
     enforce_rate_limit(svc, who)
-    data = await form.image.read(svc.settings.max_upload_bytes + 1)
+    data = form.image.data
     f = form.fields
     routing = f["routing_key"] or (f"{who.owner}:{idempotency_key}" if idempotency_key else None)
     spec = build_spec(svc, data, f["model"], f["target_class"], f["method"], f["priority"], routing, f["callback_url"])

@@ -1,12 +1,12 @@
 """The submission form, split at its boundaries in one pass over the body.
 
 Starlette's parser (python-multipart) runs a callback per chunk and per part and spools the
-file part into a temporary file: about 250 us hot for a 124 KB image here, against about 40
-us to receive the same bytes as a raw body (``python -m benchmarks.upload_body --kb 124``),
-and several times that at low load, when the gateway's code runs cold (docs/performance.md,
-twelfth round). A submission is one bounded body (``api/limits.py`` caps it while it
-streams in) of an image and a few short text fields, so it is read whole and cut with
-``bytes.find``: the boundary cannot occur inside a part (RFC 2046).
+file part into a temporary file (on disk past 1 MB): about 0.2 ms hot for a 124 KB image
+here, against 0.03 ms to receive the same bytes as a raw body and 0.1 ms for this reader
+(``python -m benchmarks.upload_body --kb 124``; docs/performance.md, twelfth round). A
+submission is one bounded body (``api/limits.py`` caps it while it streams in) of an image
+and a few short text fields, so it is read whole and cut with ``bytes.find``: the boundary
+cannot occur inside a part (RFC 2046).
 
 Only a body this parser is sure of is parsed here; anything else (no boundary, a preamble,
 a charset other than UTF-8, a part without a name, more parts or a longer text part than

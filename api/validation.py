@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from api import multipart
 from api.deps import Services, services
@@ -78,7 +78,11 @@ async def read_form(request: Request) -> multipart.Parts:
         raise ApiError(400, "truncated_form", f"{e}; was the upload cut short?") from None
     if parts is not None:
         return parts
-    form = await request.form()  # reads the body kept above
+    return await form_parts(await request.form())  # Starlette's parser reads the body kept above
+
+
+async def form_parts(form: FormData) -> multipart.Parts:
+    """Starlette's parsed form in ``api/multipart.py``'s terms; closes its spooled files."""
     try:
         return [
             (k, FilePart(v.filename or "", await v.read()) if isinstance(v, UploadFile) else v)

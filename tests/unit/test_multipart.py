@@ -10,12 +10,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 
 from api import multipart
 from api.main import create_app
-from api.multipart import FilePart
+from api.validation import form_parts
 from benchmarks.loadgen import multipart_request
 
 BOUNDARY = "segcamtestboundary"
@@ -35,14 +35,7 @@ def starlette(body: bytes, ctype: str) -> list:
         async def stream():
             yield body
 
-        form = await MultiPartParser(Headers({"content-type": ctype}), stream()).parse()
-        try:
-            return [
-                (k, FilePart(v.filename or "", await v.read()) if isinstance(v, UploadFile) else v)
-                for k, v in form.multi_items()
-            ]
-        finally:
-            await form.close()
+        return await form_parts(await MultiPartParser(Headers({"content-type": ctype}), stream()).parse())
 
     return asyncio.run(parse())
 

@@ -12,10 +12,10 @@ round by round so that the machine's drift hits both, and puts the original valu
 whatever happens. Needs root and the haltpoll driver; it changes a host-wide setting only
 while it runs. Prints a table and writes ``benchmarks/results/halt_poll_ab-<utc-time>.json``.
 
-``--spin`` asks the same question without root or haltpoll, to the end: rounds alternate
-between the host as it is and one busy loop per CPU at ``SCHED_IDLE`` priority, which keeps
-every vCPU from halting while any other thread preempts it at once (the low-latency trick of
-polling instead of sleeping).
+``--spin`` asks the same question in its extreme form, without root or haltpoll: rounds
+alternate between the host as it is and one busy loop per CPU at ``SCHED_IDLE`` priority,
+which keeps every vCPU from halting while any other thread preempts it at once (the
+low-latency trick of polling instead of sleeping).
 """
 
 from __future__ import annotations
@@ -49,20 +49,24 @@ def spinners(n: int):
             p.wait()
 
 
+def low_load(bench: run.Bench, args: argparse.Namespace) -> dict:
+    """One round: a fresh stack, one client with ``POST ?wait`` for ``args.seconds``."""
+    model, _ = run.MODELS[args.model]
+    procs, url = bench.segcam(models=model)
+    try:
+        return run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=False, raw=args.raw)
+    finally:
+        bench.cleanup(procs)
+
+
 def spin_ab(args: argparse.Namespace) -> int:
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
-    model, _ = run.MODELS[args.model]
     rows: dict[str, list[dict]] = {"halting": [], "spinning": []}
     try:
         for n in range(1, args.rounds + 1):
             for mode in rows:
                 with spinners((os.cpu_count() or 1) if mode == "spinning" else 0):
-                    procs, url = bench.segcam(models=model)
-                    try:
-                        res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=False,
-                                              raw=args.raw)  # fmt: skip
-                    finally:
-                        bench.cleanup(procs)
+                    res = low_load(bench, args)
                 rows[mode].append(res)
                 print(f"round {n} {mode}: overhead p50 {res['overhead_ms']['p50']:.2f} ms", flush=True)
     finally:
@@ -103,17 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot write {PARAM} ({e.strerror}): run as root", file=sys.stderr)
         return 2
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
-    model, _ = run.MODELS[args.model]
     rows: dict[str, list[dict]] = {str(v): [] for v in values}
     try:
         for n in range(1, args.rounds + 1):
             for v in values:
                 PARAM.write_text(str(v))
-                procs, url = bench.segcam(models=model)
-                try:
-                    res = run.closed_loop(url, bench.imgs[args.model], model, 1, args.seconds, poll=False, raw=args.raw)
-                finally:
-                    bench.cleanup(procs)
+                res = low_load(bench, args)
                 rows[str(v)].append(res)
                 print(f"round {n} guest_halt_poll_ns={v}: overhead p50 {res['overhead_ms']['p50']:.2f} ms", flush=True)
     finally:

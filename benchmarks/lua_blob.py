@@ -73,8 +73,9 @@ def raw_receiver(host: str, port: int, db: int, channel: str) -> tuple[Callable[
     while buf.count(b"\r\n") < 7:  # +OK, then the subscribe confirmation's six lines
         buf += sock.recv(65536)
 
+    head = b"*3\r\n$7\r\nmessage\r\n" + f"${len(channel)}\r\n{channel}\r\n".encode()
+
     def receive() -> bytes:
-        head = b"*3\r\n$7\r\nmessage\r\n" + f"${len(channel)}\r\n{channel}\r\n".encode()
         data = b""
         while True:
             data += sock.recv(1 << 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -15,6 +16,29 @@ def _host(m: dict) -> str:
     if "loopback" not in m:
         return ""  # runs before it was recorded
     return f" Host: {describe(m['loopback'])} (`python -m benchmarks.wake`)."
+
+
+_STAGE_NAMES = {"preprocess_ms": "decode and resize", "inference_ms": "forward", "cam_ms": "Grad-CAM",
+                "encode_ms": "label maps and PNGs"}  # fmt: skip
+
+
+def stage_split(c: dict) -> list[str]:
+    """Whether the saturated runs lost to the limit inside the pipeline (the same stages ran
+    slower beside the gateway, Redis and the clients) or between jobs: each stage's p50 both
+    ways. Runs from before the stages were recorded give nothing."""
+    lim = c["limit"].get("stage_ms_p50")
+    runs = [c[n].get("stage_ms_p50") for n in ("segcam_saturated", "segcam_saturated_repeat") if n in c]
+    if not lim or not runs or not all(runs) or any(set(r) != set(lim) for r in runs):
+        return []
+    seg = {s: statistics.mean(r[s] for r in runs) for s in lim}
+    main = [s for s in ("preprocess_ms", "inference_ms", "cam_ms") if s in lim]
+    ratio = sum(seg[s] for s in main) / sum(lim[s] for s in main)
+    parts = ", ".join(f"{_STAGE_NAMES.get(s, s)} {_f(float(seg[s]))} against {_f(float(lim[s]))} ms" for s in lim)
+    return [
+        "",
+        f"Per image, p50, the saturated runs against the limit runs (means of each): {parts}; "
+        f"decode to Grad-CAM {ratio:.2f}x the limit's.",
+    ]
 
 
 def _f(v, digits: int = 1) -> str:
@@ -110,6 +134,7 @@ def markdown(run: dict) -> str:
                 if "after_images_per_s" in lim
                 else "."
             ),
+            *stage_split(c),
             "",
         ]
         cold = [

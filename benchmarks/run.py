@@ -149,24 +149,39 @@ def limit(
     reference = [explanation_key(pipe.run([Item("r", im)], Method.gradcam)[0].explanation.model_dump()) for im in imgs]
     lane = ThreadPoolExecutor(1) if overlap else None
     pending = None
+    timings: list[dict[str, float]] = []  # each image's, as a job's result reports them
     with loadgen.steady_heap() as heap:  # the worker freezes its heap after loading too
         n, k, t0 = 0, 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             items = [Item(str(j), imgs[(k + j) % len(imgs)]) for j in range(batch)]
             if lane is None:
-                pipe.run(items, Method.gradcam)
+                timings += [r.timings_ms for r in pipe.run(items, Method.gradcam)]
             else:
                 computed = pipe.compute(items, Method.gradcam)
                 if pending is not None:
-                    pending.result()
+                    timings += [r.timings_ms for r in pending.result()]
                 pending = lane.submit(pipe.finish, computed)
             n += batch
             k += batch
         if pending is not None:
-            pending.result()
+            timings += [r.timings_ms for r in pending.result()]
             lane.shutdown()
         dt = time.perf_counter() - t0
-    return {"images_per_s": n / dt, "ms_per_image": 1000 * dt / n, "images": n, "reference": reference, "gc": heap}
+    return {"images_per_s": n / dt, "ms_per_image": 1000 * dt / n, "images": n, "reference": reference, "gc": heap,
+            "stage_ms_p50": stage_p50(timings)}  # fmt: skip
+
+
+STAGES = ("preprocess_ms", "inference_ms", "cam_ms", "encode_ms")
+
+
+def mean_stages(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {s: statistics.mean(r[s] for r in runs) for s in STAGES if runs and all(s in r for r in runs)}
+
+
+def stage_p50(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Each stage's median, from the limit's images or the jobs' results alike: whether a gap to
+    the limit lies in the pipeline itself running slower beside the stack, or between jobs."""
+    return {s: pct([t[s] for t in timings], 0.5) for s in STAGES if timings and all(s in t for t in timings)}
 
 
 def explanation_key(e: dict) -> tuple:
@@ -195,7 +210,7 @@ def closed_loop(
     httpx client's first request cost it 12-24 ms of its own in ``make trace``), and on a
     fresh stack it is the stack's first job, kept apart as ``first_job_overhead_ms`` (a cold
     start is not low load). The window opens when every user has had its first answer."""
-    lat, compute, queue_wait, errors, batch_sizes, wrong, first = [], [], [], [], [], [], []
+    lat, compute, queue_wait, errors, batch_sizes, wrong, first, stages = [], [], [], [], [], [], [], []
     lock = threading.Lock()
     window = loadgen.Window(clients, seconds)
     prebuilt = [loadgen.multipart_request(f"{url}/v1/jobs?wait=30", im, {"model": model}) for im in imgs]
@@ -239,6 +254,7 @@ def closed_loop(
                     if ref is not None and explanation_key(job["result"]["explanation"]) != ref[idx]:
                         wrong.append(idx)
                     compute.append(job["result"]["timings_ms"]["total_ms"])
+                    stages.append(job["result"]["timings_ms"])
                     queue_wait.append(job["result"]["timings_ms"]["queue_wait_ms"])
                     batch_sizes.append(job["result"]["batch_size"])
 
@@ -255,6 +271,7 @@ def closed_loop(
         "latency_ms": {"p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99)},
         "overhead_ms": {"p50": pct(overhead, 0.5), "p99": pct(overhead, 0.99)},
         "compute_ms_p50": pct(compute, 0.5),
+        "stage_ms_p50": stage_p50(stages),
         "queue_wait_ms_p50": pct(queue_wait, 0.5),
         "mean_batch": statistics.mean(batch_sizes) if batch_sizes else 0,
         "first_job_overhead_ms": sorted(first),
@@ -556,6 +573,7 @@ class Bench:
             self.refs[key] = ref
             runs = {}
             limits = [lim["images_per_s"]]
+            limit_stages = [lim.pop("stage_ms_p50")]
             for label, workers, batch, clients in (
                 ("segcam_low_load", 1, 1, 1),
                 ("segcam_low_load_raw", 1, 1, 1),
@@ -579,7 +597,9 @@ class Bench:
                         self.cleanup(procs)
                     if label == "segcam_saturated":
                         self.log(f"limit again: {key}")
-                        limits.append(self.limit(model, key, d / 2)["images_per_s"])
+                        again_lim = self.limit(model, key, d / 2)
+                        limits.append(again_lim["images_per_s"])
+                        limit_stages.append(again_lim["stage_ms_p50"])
             self.log(f"direct FastAPI: {key}")
             procs, url = self.direct(model)
             try:
@@ -593,7 +613,7 @@ class Bench:
             saturated = [runs[n]["throughput_per_s"] for n in ("segcam_saturated", "segcam_saturated_repeat")]
             self.out["sections"][f"compare_{key}"] = {
                 "limit": {**lim, "samples_images_per_s": limits, "images_per_s": limit_mean,
-                          "ms_per_image": 1000 / limit_mean},
+                          "ms_per_image": 1000 / limit_mean, "stage_ms_p50": mean_stages(limit_stages)},
                 **runs,
                 "direct": direct,
                 "efficiency": statistics.mean(saturated) / limit_mean,

@@ -96,23 +96,17 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
 # decides), drop ('1' | '0'), claims key prefix, backlog only ('1': claim no more jobs than
 # there are undelivered messages, so a draining worker never takes a job an idle one is about
-# to get), load ('1': return the jobs' records and uploads too), upload key prefix, hint (the
-# job whose upload the caller reads beside the script).
-# Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}, {upload, ...}}, each record as
-# HGETALL gives it, each upload false for the hint (and for one that expired). The hint's upload
-# stays out of Lua, whose copy of a large string costs Redis ~0.1 ms per 64 KB (see _CREATE);
-# another job's comes through it, which beats the second round trip a draining worker waits for.
+# to get), load ('1': return the jobs' records too).
+# Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}}, each record as HGETALL gives it.
+# Uploads are read outside the script (see _CREATE on large strings and Lua).
 _TAKE = f"""
 {_STAMP_LUA}
 local function out(kind, ids)
-  local records, uploads = {{}}, {{}}
+  local records = {{}}
   if ARGV[14] == '1' then
-    for _, id in ipairs(ids) do
-      table.insert(records, redis.call('HGETALL', ARGV[1] .. id))
-      table.insert(uploads, id ~= ARGV[16] and redis.call('GET', ARGV[15] .. id))
-    end
+    for _, id in ipairs(ids) do table.insert(records, redis.call('HGETALL', ARGV[1] .. id)) end
   end
-  return {{kind, ids, records, uploads}}
+  return {{kind, ids, records}}
 end
 local mode = ARGV[9]
 if mode ~= 'claim' then
@@ -405,25 +399,27 @@ class JobStore:
     ) -> Taken:
         """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE.
         ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``.
-        ``load``: bring back their records and uploads too (what ``load_for_run`` reads), in the
-        same round trip. The upload of ``hint``, the job the token's message was sent for (the
-        one claimed at low load), is read beside the script; any other claimed job's through it."""
+        ``load``: bring back their records and uploads too (what ``load_for_run`` reads). The
+        upload of ``hint``, the job the token's message was sent for (the one claimed at low
+        load), is read in the same round trip; any other claimed job's upload in one more."""
         k = self.keys
         keys = [k.queued(queue), k.claims(token), queue or k.claims(token)]
         args = [k.job(""), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
                 k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
-                "1" if backlog_only else "0", "1" if load else "0", k.upload(""), hint or ""]  # fmt: skip
+                "1" if backlog_only else "0", "1" if load else "0"]  # fmt: skip
         pipe = self.r.pipeline(transaction=False)
         pipe.eval(_TAKE, len(keys), *keys, *args)  # by its body: no SCRIPT EXISTS round trip first
         if load and hint:
             pipe.get(k.upload(hint))  # speculative: dropped if another job was claimed
         replies = pipe.execute()
-        kind, ids, records, uploads = replies[0]
+        kind, ids, records = replies[0]
         job_ids = [x.decode() for x in ids]
         runs = {}
         if load:
-            data = {j: replies[1] if j == hint else u for j, u in zip(job_ids, uploads, strict=True)}
-            runs = {j: self._loaded(h, data[j]) for j, h in zip(job_ids, records, strict=True)}
+            uploads = {hint: replies[1]} if hint in job_ids else {}
+            if missing := [j for j in job_ids if j not in uploads]:
+                uploads.update(zip(missing, self.r.mget([k.upload(j) for j in missing]), strict=True))
+            runs = {j: self._loaded(h, uploads[j]) for j, h in zip(job_ids, records, strict=True)}
         return Taken(kind == b"reclaimed", job_ids, runs)
 
     def claim(

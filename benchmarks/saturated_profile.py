@@ -2,6 +2,7 @@
 
     python -m benchmarks.saturated_profile                    # demo model, 4 clients
     python -m benchmarks.saturated_profile --model realistic
+    python -m benchmarks.saturated_profile --model realistic --set SEGCAM_DRAIN_S=10
 
 Saturation efficiency is segcam's throughput against the pipeline alone in a loop. The gap
 has two parts: the pipeline's own stages running slower beside the gateway, Redis and the
@@ -79,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=15.0, help="how long py-spy samples")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--set", action="append", default=[], metavar="SEGCAM_X=V", help="a setting for the stack")
     args = ap.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     model, _ = run.MODELS[args.model]
     raw = Path(tempfile.mkdtemp(prefix="segcam-spy-")) / "raw.txt"
-    procs, url = bench.segcam(workers=1, models=model, SEGCAM_MAX_BATCH_SIZE=1)
+    settings = {"SEGCAM_MAX_BATCH_SIZE": "1", **dict(kv.split("=", 1) for kv in args.set)}
+    procs, url = bench.segcam(workers=1, models=model, **settings)
     try:
         child = _descendants(procs.procs["worker0"].pid)[-1]  # the pool child runs the tasks
         loop: dict = {}
@@ -100,17 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup(procs)
         bench.close()
     total, counts = buckets(raw.read_text().splitlines())
-    ms_per_job = 1000 / loop["throughput_per_s"]
-    print(f"{args.model} model, one worker, {args.clients} clients: {loop['throughput_per_s']:.2f} images/s "
+    rate = loop["throughput_per_s"]
+    ms_per_job = 1000 / rate
+    print(f"{args.model} model, one worker, {args.clients} clients, {settings}: {rate:.2f} images/s "
           f"({ms_per_job:.1f} ms per job), stages p50 {loop['stage_ms_p50']}; {total} main-thread samples")  # fmt: skip
     print()
     print(table(total, counts, ms_per_job))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = run.RESULTS / f"saturated_profile-{stamp}.json"
-    out.write_text(json.dumps({"model": args.model, "clients": args.clients, "machine": run.machine(),
-                               "code": run.code_version(), "throughput_per_s": loop["throughput_per_s"],
-                               "stage_ms_p50": loop["stage_ms_p50"], "main_thread_samples": total,
-                               "samples": [[p, f, n] for (p, f), n in counts.items()]}, indent=2) + "\n")  # fmt: skip
+    record = {"model": args.model, "clients": args.clients, "settings": settings, "machine": run.machine(),
+              "code": run.code_version(), "throughput_per_s": rate, "stage_ms_p50": loop["stage_ms_p50"],
+              "main_thread_samples": total, "samples": [[p, f, n] for (p, f), n in counts.items()]}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0
 

@@ -236,6 +236,7 @@ class Taken:
     reclaimed: bool
     job_ids: list[str]
     loaded: dict[str, tuple[JobRecord | None, bytes | None]]
+    others_waiting: bool = False  # a message waits on one of the ``others`` broker queues
 
 
 @dataclass
@@ -396,12 +397,15 @@ class JobStore:
         backlog_only: bool = False,
         load: bool = False,
         hint: str | None = None,
+        others: tuple[str, ...] = (),
     ) -> Taken:
         """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE.
         ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``.
         ``load``: bring back their records and uploads too (what ``load_for_run`` reads). The
         upload of ``hint``, the job the token's message was sent for (the one claimed at low
-        load), is read in the same round trip; any other claimed job's upload in one more."""
+        load), is read in the same round trip; any other claimed job's upload in one more.
+        ``others``: the worker's other broker queues, whose lengths come back in the same round
+        trip, so a draining task hands the worker back when another of its models has work."""
         k = self.keys
         keys = [k.queued(queue), k.claims(token), queue or k.claims(token)]
         args = [k.job(""), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
@@ -411,7 +415,10 @@ class JobStore:
         pipe.eval(_TAKE, len(keys), *keys, *args)  # by its body: no SCRIPT EXISTS round trip first
         if load and hint:
             pipe.get(k.upload(hint))  # speculative: dropped if another job was claimed
+        for other in others:
+            pipe.llen(other)
         replies = pipe.execute()
+        waiting = any(replies[len(replies) - len(others) :])
         kind, ids, records = replies[0]
         job_ids = [x.decode() for x in ids]
         runs = {}
@@ -420,7 +427,7 @@ class JobStore:
             if missing := [j for j in job_ids if j not in uploads]:
                 uploads.update(zip(missing, self.r.mget([k.upload(j) for j in missing]), strict=True))
             runs = {j: self._loaded(h, uploads[j]) for j, h in zip(job_ids, records, strict=True)}
-        return Taken(kind == b"reclaimed", job_ids, runs)
+        return Taken(kind == b"reclaimed", job_ids, runs, waiting)
 
     def claim(
         self,

@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     max_batch_size: int = 1  # jobs of one model and method run as one forward/backward pass
     max_wait_ms: float = 0.0  # at low load, hold a claimed job up to this long for others to join its batch
     # After its job(s), a task keeps running its model's queued jobs for up to this long, taking
-    # their then-spare Celery messages off the queue: no hand-off per job when busy. 0: one round.
-    drain_s: float = 2.0
+    # their then-spare Celery messages off the queue: no hand-off per job when busy. It ends
+    # sooner when another of the worker's queues has a message waiting. 0: one round.
+    drain_s: float = 10.0
     # Then, while within drain_s, an idle task listens this long for the next job of its queue
     # and claims it itself: no Celery hand-off at low load (worker/linger.py). 0: off.
     linger_ms: float = 250.0

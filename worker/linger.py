@@ -32,6 +32,7 @@ class QueueWatch:
     def __init__(self, client: redis.Redis, channels: dict[str, str]) -> None:
         """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels."""
         self.client = client
+        self.queues = tuple(channels)
         self.queue_of = {ch.encode(): q for q, ch in channels.items()}
         self.ps: redis.client.PubSub | None = None
         self.listening = False

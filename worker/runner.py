@@ -86,8 +86,11 @@ class JobRunner:
 
         Then, for up to ``drain_s``, the next queued jobs of the same queue, taking their spare
         messages off the broker queue (see ``shared/jobs.py``): a busy worker runs them back to
-        back instead of paying a Celery hand-off per job. When the queue runs dry within that
-        time, the task lingers up to ``linger_ms`` for the next submission (``worker/linger.py``)."""
+        back instead of paying a Celery hand-off per job (and, at each task boundary, a wait for the
+        finishing lane and an inline finish: ``benchmarks.saturated_profile``). It stops sooner,
+        after the batch in hand, once another of the worker's queues has a message. When the queue
+        runs dry within that time, the task lingers up to ``linger_ms`` for the next submission
+        (``worker/linger.py``)."""
         started = time.monotonic()
         taken = self.jobs.take(queue, token, self.worker, self.max_batch_size, drop_spare=True, load=True, hint=hint)
         if taken.reclaimed:  # one at a time: a job that kills its worker takes down only itself
@@ -103,10 +106,14 @@ class JobRunner:
                     # The lane only while jobs queue back to back: at low load nothing computes
                     # while a batch finishes, and a hand-off adds a thread switch to its latency.
                     outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane if busy else None))
-                    if time.monotonic() - started >= self.drain_s:
+                    # Another of the worker's queues has a job waiting: the task ends after the
+                    # batch it claimed, so the parent fetches that one (one batch late at most).
+                    if time.monotonic() - started >= self.drain_s or taken.others_waiting:
                         return outcome
                     taken = self._backlog(queue, token)
                     busy = bool(taken.job_ids)
+                if taken.others_waiting:  # no lingering for this queue while another's job waits
+                    return outcome
                 if lane is not None:  # the queue ran dry: the lane's batch is stored first, in order
                     outcome.update(lane.wait())
                 if (heard := self._linger(queue, started)) is None:
@@ -121,9 +128,10 @@ class JobRunner:
     def _backlog(self, queue: str, token: str, hint: str | None = None) -> Taken:
         """Queued jobs whose messages no worker has taken yet (an idle worker gets its own),
         claimed for ``token`` with their messages taken off the broker list."""
+        others = tuple(q for q in self.watch.queues if q != queue) if self.watch is not None else ()
         return self.jobs.take(
             queue, token, self.worker, self.max_batch_size, mode="claim", drop_spare=True, backlog_only=True,
-            load=True, hint=hint,
+            load=True, hint=hint, others=others,
         )  # fmt: skip
 
     def _linger(self, queue: str, started: float) -> str | None:

@@ -179,6 +179,17 @@ def test_the_hinted_upload_comes_with_the_claim_and_others_are_read_after(store,
     assert taken.job_ids == [b] and taken.loaded[b][1] == b"img-b" and len(reads) == 1
 
 
+def test_a_take_says_whether_a_message_waits_on_the_other_queues_it_names(store, rclient):
+    store.create("a" * 32, SPEC, "q", b"img")
+    assert store.take("q", "t1", "w", others=("q2", "q3")).others_waiting is False
+    rclient.rpush("q3", b"message")
+    store.create("b" * 32, SPEC, "q", b"img")
+    taken = store.take("q", "t2", "w", load=True, hint="b" * 32, others=("q2", "q3"))
+    assert taken.others_waiting is True and taken.job_ids == ["b" * 32] and taken.loaded["b" * 32][1] == b"img"
+    assert store.take("q", "t3", "w").others_waiting is False  # none named, none looked at
+    rclient.delete("q3")
+
+
 def test_unknown_job_is_none_and_expired_entries_leave_the_order(store, rclient, prefix):
     assert store.get("c" * 32) is None
     store.create("d" * 32, SPEC, "q", b"img")

@@ -218,6 +218,28 @@ def test_a_busy_token_runs_the_queued_jobs_and_takes_their_spare_messages(parts,
     assert jobs.claimed("tok") == []  # and nothing is left claimed under the token
 
 
+def test_a_draining_token_hands_the_worker_back_when_another_of_its_queues_has_a_job(parts, rclient, prefix):
+    """Another model's job waits one batch at most, not the rest of the drain."""
+    jobs, _arts, runner, submit = parts
+    qa, qb = f"{prefix}.jobs.shapes", f"{prefix}.jobs.other"
+    scenes = held_out(5)
+    for i, s in enumerate(scenes[:4]):
+        submit(f"{i:032x}", s.image, queue=qa)
+    rclient.rpop(qa)  # the running token's own message
+    out = runner(drain_s=60, queues=[qa, qb]).run_token("tok", qa)
+    assert out == {f"{i:032x}": "succeeded" for i in range(4)}  # nothing waits elsewhere: the whole backlog
+    for i, s in enumerate(scenes[:3]):
+        submit(f"{10 + i:032x}", s.image, queue=qa)
+    rclient.rpop(qa)
+    submit(f"{20:032x}", scenes[4].image, queue=qb)
+    out = runner(drain_s=60, queues=[qa, qb]).run_token("tok2", qa)
+    # its own job, then the one claimed with the news that qb has a message; then it ends
+    assert out == {f"{10:032x}": "succeeded", f"{11:032x}": "succeeded"}
+    assert jobs.get(f"{12:032x}").status is JobStatus.queued and rclient.llen(qa) == 1  # with its message
+    assert jobs.get(f"{20:032x}").status is JobStatus.queued and rclient.llen(qb) == 1
+    assert jobs.claimed("tok2") == []
+
+
 def test_without_draining_a_token_runs_its_own_job_only(parts, rclient, prefix):
     jobs, _arts, runner, submit = parts
     queue = f"{prefix}.jobs.shapes"

@@ -120,10 +120,11 @@ def overhead_table(rows: dict[str, list[dict]], what: str) -> dict[str, dict]:
 def alternate(rounds: int, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]],
               measure: Callable[[str, int], dict]) -> None:  # fmt: skip
     """``measure(rev, round)`` for each commit in turn, each from its worktree, round after round,
-    every other round in reverse order (A B, B A, ...). With a fixed order the first run of a
-    pair was the faster saturated in 6 of 7 pairs (median 1.04x), whichever commit it was: the
-    same two commits in both orders, ``overhead_ab-20261201T145155Z.json`` and ``-145528Z.json``.
-    Then the worktrees go, whatever happened."""
+    every other round in reverse order (A B, B A, ...), so that an order effect hits both. With
+    a fixed order the first run of a pair was the faster saturated in 6 of 7 pairs, whichever
+    commit it was (the same two commits in both orders, ``overhead_ab-20261201T145155Z.json`` and
+    ``-145528Z.json``); in a later run the second was, in 4 of 4 (``-151451Z.json``). Then the
+    worktrees go, whatever happened."""
     try:
         for i in range(rounds):
             order = list(trees.items())

@@ -18,14 +18,9 @@ import sys
 from benchmarks import run
 
 
-def _tree(pid: int) -> list[int]:
-    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [pid] + [p for k in kids for p in _tree(int(k))]
-
-
 def pin(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` and its descendants (sched_setaffinity applies per thread)."""
-    for p in _tree(pid):
+    for p in run.process_tree(pid):
         try:
             for tid in os.listdir(f"/proc/{p}/task"):
                 os.sched_setaffinity(int(tid), cpus)

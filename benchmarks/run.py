@@ -475,6 +475,11 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, each before its own children (a worker's pool child last)."""
+    return [pid] + [p for k in children(pid) for p in process_tree(k)]
+
+
 # ---------------------------------------------------------------- orchestration
 
 

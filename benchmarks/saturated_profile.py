@@ -69,10 +69,6 @@ def table(total: int, counts: dict[tuple[str, str], int], ms_per_job: float, top
     return "\n".join(rows)
 
 
-def _descendants(pid: int) -> list[int]:
-    return [k for c in run.children(pid) for k in (c, *_descendants(c))]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.saturated_profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -89,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"SEGCAM_MAX_BATCH_SIZE": "1", **dict(kv.split("=", 1) for kv in args.set)}
     procs, url = bench.segcam(workers=1, models=model, **settings)
     try:
-        child = _descendants(procs.procs["worker0"].pid)[-1]  # the pool child runs the tasks
+        child = run.process_tree(procs.procs["worker0"].pid)[-1]  # the pool child runs the tasks
         loop: dict = {}
         clients = threading.Thread(target=lambda: loop.update(
             run.closed_loop(url, bench.imgs[args.model], model, args.clients, args.seconds + 8)))  # fmt: skip

@@ -36,3 +36,24 @@ def test_the_table_turns_shares_into_milliseconds_per_job():
     assert "| **pipeline** | (all) | **78.4 %** | **40.00** |" in text
     assert "| **between jobs** | (all) | **21.6 %** | **11.00** |" in text
     assert "| between jobs | `JobStore.take` | 15.7 % | 8.00 |" in text
+
+
+def test_the_process_tree_lists_each_process_before_its_children():
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.run import process_tree
+
+    sleep = "import time; time.sleep(30)"
+    code = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {sleep!r}]); {sleep}"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while len(tree := process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tree[0] == parent.pid and len(tree) == 2  # the parent, then its one child
+    finally:
+        for pid in reversed(process_tree(parent.pid)):
+            subprocess.run(["kill", str(pid)], check=False)
+        parent.wait()

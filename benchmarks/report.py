@@ -22,6 +22,11 @@ _STAGE_NAMES = {"preprocess_ms": "decode and resize", "inference_ms": "forward",
                 "encode_ms": "label maps and PNGs"}  # fmt: skip
 
 
+def mean_stages(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each stage's mean over runs' ``stage_ms_p50``; only stages every run has."""
+    return {s: statistics.mean(r[s] for r in runs) for s in (runs[0] if runs else {}) if all(s in r for r in runs)}
+
+
 def stage_split(c: dict) -> list[str]:
     """Whether the saturated runs lost to the limit inside the pipeline (the same stages ran
     slower beside the gateway, Redis and the clients) or between jobs: each stage's p50 both
@@ -30,7 +35,7 @@ def stage_split(c: dict) -> list[str]:
     runs = [c[n].get("stage_ms_p50") for n in ("segcam_saturated", "segcam_saturated_repeat") if n in c]
     if not lim or not runs or not all(runs) or any(set(r) != set(lim) for r in runs):
         return []
-    seg = {s: statistics.mean(r[s] for r in runs) for s in lim}
+    seg = mean_stages(runs)
     main = [s for s in ("preprocess_ms", "inference_ms", "cam_ms") if s in lim]
     ratio = sum(seg[s] for s in main) / sum(lim[s] for s in main)
     parts = ", ".join(f"{_STAGE_NAMES.get(s, s)} {_f(float(seg[s]))} against {_f(float(lim[s]))} ms" for s in lim)

@@ -33,6 +33,7 @@ import httpx
 import redis
 
 from benchmarks import loadgen
+from benchmarks.report import mean_stages
 from benchmarks.wake import redis_round_trips
 from stack.local import API_CMD, free_port, python_cmd, redis_answers, start_redis
 from training.shapes import make_scene
@@ -172,10 +173,6 @@ def limit(
 
 
 STAGES = ("preprocess_ms", "inference_ms", "cam_ms", "encode_ms")
-
-
-def mean_stages(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {s: statistics.mean(r[s] for r in runs) for s in STAGES if runs and all(s in r for r in runs)}
 
 
 def stage_p50(timings: list[dict[str, float]]) -> dict[str, float]:

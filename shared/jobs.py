@@ -91,24 +91,32 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # tokens are interchangeable, and each drop matches a job that left the queue, so every queued
 # job still has a message; a crash before the claimed jobs finish is covered by the token's
 # claims. A token with claims of its own (requeued after its worker died) is never dropped.
-# KEYS: queued zset, claims set of the token, broker list (the Celery queue).
+# KEYS: queued zset, claims set of the token, broker list (the Celery queue), then the worker's
+# other broker lists, whose messages the reply reports.
 # ARGV: job key prefix, worker, token, max, window, claims ttl, job events prefix, queue
 # channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
 # decides), drop ('1' | '0'), claims key prefix, backlog only ('1': claim no more jobs than
 # there are undelivered messages, so a draining worker never takes a job an idle one is about
-# to get), load ('1': return the jobs' records too).
-# Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}}, each record as HGETALL gives it.
-# Uploads are read outside the script (see _CREATE on large strings and Lua).
+# to get), load ('1': return the jobs' records too), yield ('1': claim nothing in 'claim' mode
+# while one of the other lists holds a message).
+# Returns {'reclaimed' | 'claimed', {id, ...}, {record, ...}, waiting}, each record as HGETALL
+# gives it; waiting: 1 if one of the other lists holds a message. Uploads are read outside the
+# script (see _CREATE on large strings and Lua).
 _TAKE = f"""
 {_STAMP_LUA}
+local waiting = 0
+for i = 4, #KEYS do
+  if redis.call('LLEN', KEYS[i]) > 0 then waiting = 1 end
+end
 local function out(kind, ids)
   local records = {{}}
   if ARGV[14] == '1' then
     for _, id in ipairs(ids) do table.insert(records, redis.call('HGETALL', ARGV[1] .. id)) end
   end
-  return {{kind, ids, records}}
+  return {{kind, ids, records, waiting}}
 end
 local mode = ARGV[9]
+if mode == 'claim' and waiting == 1 and ARGV[15] == '1' then return out('claimed', {{}}) end
 if mode ~= 'claim' then
   local left = {{}}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -398,28 +406,28 @@ class JobStore:
         load: bool = False,
         hint: str | None = None,
         others: tuple[str, ...] = (),
+        yield_to_others: bool = False,
     ) -> Taken:
         """The jobs the task ``token`` runs now, and whether they were taken back after a crash; see _TAKE.
         ``drop_spare``: take the spare messages of the extra jobs off the broker queue ``queue``.
         ``load``: bring back their records and uploads too (what ``load_for_run`` reads). The
         upload of ``hint``, the job the token's message was sent for (the one claimed at low
         load), is read in the same round trip; any other claimed job's upload in one more.
-        ``others``: the worker's other broker queues, whose lengths come back in the same round
-        trip, so a draining task hands the worker back when another of its models has work."""
+        ``others``: the worker's other broker queues, looked at in the same step, so a draining
+        task hands the worker back when another of its models has work; ``yield_to_others``:
+        then claim nothing (a claim made ahead, while a batch computes, would make that work
+        wait one batch more)."""
         k = self.keys
-        keys = [k.queued(queue), k.claims(token), queue or k.claims(token)]
+        keys = [k.queued(queue), k.claims(token), queue or k.claims(token), *others]
         args = [k.job(""), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
                 k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
-                "1" if backlog_only else "0", "1" if load else "0"]  # fmt: skip
+                "1" if backlog_only else "0", "1" if load else "0", "1" if yield_to_others else "0"]  # fmt: skip
         pipe = self.r.pipeline(transaction=False)
         pipe.eval(_TAKE, len(keys), *keys, *args)  # by its body: no SCRIPT EXISTS round trip first
         if load and hint:
             pipe.get(k.upload(hint))  # speculative: dropped if another job was claimed
-        for other in others:
-            pipe.llen(other)
         replies = pipe.execute()
-        waiting = any(replies[len(replies) - len(others) :])
-        kind, ids, records = replies[0]
+        kind, ids, records, waiting = replies[0]
         job_ids = [x.decode() for x in ids]
         runs = {}
         if load:
@@ -427,7 +435,7 @@ class JobStore:
             if missing := [j for j in job_ids if j not in uploads]:
                 uploads.update(zip(missing, self.r.mget([k.upload(j) for j in missing]), strict=True))
             runs = {j: self._loaded(h, uploads[j]) for j, h in zip(job_ids, records, strict=True)}
-        return Taken(kind == b"reclaimed", job_ids, runs, waiting)
+        return Taken(kind == b"reclaimed", job_ids, runs, bool(waiting))
 
     def claim(
         self,

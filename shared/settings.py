@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     # thread count, beside a GPU the process's cores.
     postprocess_threads: int = Field(0, ge=0)
     # Run one batch's CPU half (label maps, PNGs, storing it) on its own thread while the next
-    # batch computes. auto: beside a GPU only (on the CPU both halves want the same cores).
+    # batch computes, and claim the batch after that meanwhile. auto: beside a GPU; on the CPU
+    # where torch leaves a core idle (elsewhere both halves want the same cores).
     overlap: str = Field("auto", pattern=r"^(auto|on|off)$")
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 150

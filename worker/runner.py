@@ -103,14 +103,24 @@ class JobRunner:
             while True:
                 while taken.job_ids:
                     batch = self._fill_batch(queue, token, taken)
-                    # The lane only while jobs queue back to back: at low load nothing computes
-                    # while a batch finishes, and a hand-off adds a thread switch to its latency.
-                    outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane if busy else None))
                     # Another of the worker's queues has a job waiting: the task ends after the
                     # batch it claimed, so the parent fetches that one (one batch late at most).
-                    if time.monotonic() - started >= self.drain_s or taken.others_waiting:
-                        return outcome
-                    taken = self._backlog(queue, token)
+                    last = time.monotonic() - started >= self.drain_s or taken.others_waiting
+                    # The lane only while jobs queue back to back: at low load nothing computes
+                    # while a batch finishes, and a hand-off adds a thread switch to its latency.
+                    # There the next batch is claimed, uploads and all, while this one computes.
+                    ahead = None
+                    if busy and not last and lane is not None:
+                        ahead = lane.take_ahead(partial(self._backlog, queue, token, ahead=True))
+                    try:
+                        outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane if busy else None))
+                    finally:
+                        # What it claimed is this token's to run, however the round ended.
+                        taken = ahead.result() if ahead is not None else taken
+                    if ahead is None:
+                        if last or time.monotonic() - started >= self.drain_s:
+                            return outcome
+                        taken = self._backlog(queue, token)
                     busy = bool(taken.job_ids)
                 if taken.others_waiting:  # no lingering for this queue while another's job waits
                     return outcome
@@ -125,13 +135,15 @@ class JobRunner:
             if self.watch is not None:
                 self.watch.stop()
 
-    def _backlog(self, queue: str, token: str, hint: str | None = None) -> Taken:
+    def _backlog(self, queue: str, token: str, hint: str | None = None, ahead: bool = False) -> Taken:
         """Queued jobs whose messages no worker has taken yet (an idle worker gets its own),
-        claimed for ``token`` with their messages taken off the broker list."""
+        claimed for ``token`` with their messages taken off the broker list. ``ahead``: claimed
+        while a batch computes, so none while another of the worker's queues has a message (the
+        task ends after the batch in hand, as it would have without the claim made ahead)."""
         others = tuple(q for q in self.watch.queues if q != queue) if self.watch is not None else ()
         return self.jobs.take(
             queue, token, self.worker, self.max_batch_size, mode="claim", drop_spare=True, backlog_only=True,
-            load=True, hint=hint, others=others,
+            load=True, hint=hint, others=others, yield_to_others=ahead,
         )  # fmt: skip
 
     def _linger(self, queue: str, started: float) -> str | None:
@@ -378,9 +390,10 @@ class Finish:
 
 class FinishLane:
     """While jobs queue back to back, one batch's CPU half (label maps, PNGs) and its completion
-    round trip run on a thread of their own while this thread claims and computes the next
-    batch, so the device does not wait for that work batch after batch (``SEGCAM_OVERLAP``).
-    One batch at a time in the lane: at most two batches in memory, completions in claim order."""
+    round trip run on a thread of their own while this thread computes the next batch, and
+    the batch after that is claimed, with its uploads, on another: the device does not wait
+    for either, batch after batch (``SEGCAM_OVERLAP``). One batch at a time in the lane: at
+    most three batches in memory (finishing, computing, claimed), completions in claim order."""
 
     def __init__(self, runner: JobRunner) -> None:
         self.runner = runner
@@ -394,7 +407,13 @@ class FinishLane:
         try:
             return self.wait()
         finally:
-            self.pending, self.records = _finisher().submit(settle), records
+            self.pending, self.records = _thread("finish").submit(settle), records
+
+    @staticmethod
+    def take_ahead(take: Callable[[], Taken]) -> Future:
+        """The next batch's claim, made while this one computes (its Redis round trip and its
+        uploads' transfer cost the device nothing then: ``benchmarks.saturated_profile``)."""
+        return _thread("take").submit(take)
 
     def wait(self) -> dict[str, str]:
         pending, self.pending = self.pending, None
@@ -411,20 +430,20 @@ class FinishLane:
             return {rec.id: self.runner._fail(rec, "timeout", msg) for rec in self.records}
 
 
-_FINISHERS: dict[int, ThreadPoolExecutor] = {}
+_THREADS: dict[tuple[int, str], ThreadPoolExecutor] = {}
 
 
-def _finisher() -> ThreadPoolExecutor:
-    """The lane's thread, one per process (a thread made before Celery's fork does not exist in
-    the child)."""
-    pid = os.getpid()
-    if pid not in _FINISHERS:
-        _FINISHERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="finish")
-    return _FINISHERS[pid]
+def _thread(name: str) -> ThreadPoolExecutor:
+    """The lane's threads ("finish", "take"), one each per process (a thread made before
+    Celery's fork does not exist in the child)."""
+    key = (os.getpid(), name)
+    if key not in _THREADS:
+        _THREADS[key] = ThreadPoolExecutor(1, thread_name_prefix=name)
+    return _THREADS[key]
 
 
 def _abandon_finisher() -> None:
-    executor = _FINISHERS.pop(os.getpid(), None)
+    executor = _THREADS.pop((os.getpid(), "finish"), None)
     if executor is not None:
         executor.shutdown(wait=False)
 

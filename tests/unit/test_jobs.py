@@ -187,7 +187,12 @@ def test_a_take_says_whether_a_message_waits_on_the_other_queues_it_names(store,
     taken = store.take("q", "t2", "w", load=True, hint="b" * 32, others=("q2", "q3"))
     assert taken.others_waiting is True and taken.job_ids == ["b" * 32] and taken.loaded["b" * 32][1] == b"img"
     assert store.take("q", "t3", "w").others_waiting is False  # none named, none looked at
+    store.create("c" * 32, SPEC, "q", b"img")
+    taken = store.take("q", "t4", "w", mode="claim", others=("q2", "q3"), yield_to_others=True)
+    assert taken.others_waiting is True and taken.job_ids == []  # a claim that yields takes nothing
+    assert store.get("c" * 32).status is JobStatus.queued and store.claimed("t4") == []
     rclient.delete("q3")
+    assert store.take("q", "t4", "w", mode="claim", others=("q2", "q3"), yield_to_others=True).job_ids == ["c" * 32]
 
 
 def test_unknown_job_is_none_and_expired_entries_leave_the_order(store, rclient, prefix):

@@ -218,21 +218,23 @@ def test_a_busy_token_runs_the_queued_jobs_and_takes_their_spare_messages(parts,
     assert jobs.claimed("tok") == []  # and nothing is left claimed under the token
 
 
-def test_a_draining_token_hands_the_worker_back_when_another_of_its_queues_has_a_job(parts, rclient, prefix):
-    """Another model's job waits one batch at most, not the rest of the drain."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_draining_token_hands_the_worker_back_when_another_of_its_queues_has_a_job(parts, rclient, prefix, overlap):
+    """Another model's job waits one batch at most, not the rest of the drain (with the lane too:
+    no batch is claimed ahead once a take has seen it)."""
     jobs, _arts, runner, submit = parts
     qa, qb = f"{prefix}.jobs.shapes", f"{prefix}.jobs.other"
     scenes = held_out(5)
     for i, s in enumerate(scenes[:4]):
         submit(f"{i:032x}", s.image, queue=qa)
     rclient.rpop(qa)  # the running token's own message
-    out = runner(drain_s=60, queues=[qa, qb]).run_token("tok", qa)
+    out = runner(drain_s=60, queues=[qa, qb], overlap=overlap).run_token("tok", qa)
     assert out == {f"{i:032x}": "succeeded" for i in range(4)}  # nothing waits elsewhere: the whole backlog
     for i, s in enumerate(scenes[:3]):
         submit(f"{10 + i:032x}", s.image, queue=qa)
     rclient.rpop(qa)
     submit(f"{20:032x}", scenes[4].image, queue=qb)
-    out = runner(drain_s=60, queues=[qa, qb]).run_token("tok2", qa)
+    out = runner(drain_s=60, queues=[qa, qb], overlap=overlap).run_token("tok2", qa)
     # its own job, then the one claimed with the news that qb has a message; then it ends
     assert out == {f"{10:032x}": "succeeded", f"{11:032x}": "succeeded"}
     assert jobs.get(f"{12:032x}").status is JobStatus.queued and rclient.llen(qa) == 1  # with its message
@@ -420,6 +422,73 @@ def test_with_the_lane_a_batch_finishes_while_the_next_one_computes(parts, rclie
         for name in ("mask", "heatmap", "overlay"):
             assert arts.get(jid, name) == arts.get("f" + jid[1:], name)
         assert jobs.get(jid).result.classes == jobs.get("f" + jid[1:]).result.classes
+
+
+def test_with_the_lane_the_next_batch_is_claimed_while_this_one_computes(parts, rclient, prefix, monkeypatch):
+    """While jobs queue back to back, batch N+1's claim (its uploads with it) is made on the lane's
+    "take" thread while batch N computes, not after it. A batch claimed ahead is this token's to
+    run even when the drain's time runs out meanwhile: the task ends after it, with nothing left
+    claimed, and the jobs behind it keep their messages for the next task."""
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    ids = [f"{i:032x}" for i in range(8)]
+    for jid, s in zip(ids, held_out(8), strict=True):
+        submit(jid, s.image, queue=queue)
+    rclient.rpop(queue)  # the running token's own message
+    drain_s, called = 5.0, time.monotonic()
+    real_compute, real_take = Pipeline.compute, jobs.take
+    seen: dict[str, list] = {"computes": [], "take_threads": [], "claimed_while_computing": []}
+
+    def take(*a, **k):
+        seen["take_threads"].append(threading.current_thread().name.split("_")[0])
+        return real_take(*a, **k)
+
+    def compute(self, items, method, on_stage=None):
+        seen["computes"].append([it.job_id for it in items])
+        if len(seen["computes"]) == 2:  # batch 3 is claimed meanwhile, then the drain's time runs out
+            end = time.monotonic() + 10
+            while not set(ids[4:6]) <= set(jobs.claimed("tok")) and time.monotonic() < end:
+                time.sleep(0.01)
+            seen["claimed_while_computing"] = sorted(jobs.claimed("tok"))
+            time.sleep(max(0.0, called + drain_s + 0.3 - time.monotonic()))
+        return real_compute(self, items, method, on_stage)
+
+    monkeypatch.setattr(jobs, "take", take)
+    monkeypatch.setattr(Pipeline, "compute", compute)
+    out = runner(batch=2, drain_s=drain_s, overlap=True).run_token("tok", queue)
+    assert out == dict.fromkeys(ids[:6], "succeeded")
+    assert seen["computes"] == [ids[0:2], ids[2:4], ids[4:6]]
+    assert seen["claimed_while_computing"] == ids[2:6]  # batch 2's own claims and batch 3's
+    # the token's own take and the one after its first batch (claimed with nothing before it)
+    # on the task's thread; batch 3's on the lane's, while batch 2 computed; none after the drain
+    assert seen["take_threads"] == ["MainThread", "MainThread", "take"]
+    assert jobs.claimed("tok") == []
+    assert [jobs.get(j).status for j in ids[6:]] == [JobStatus.queued] * 2 and rclient.llen(queue) == 2
+
+
+def test_a_claim_made_ahead_takes_nothing_once_another_of_the_queues_has_a_job(parts, rclient, prefix, monkeypatch):
+    """The claim made while a batch computes yields to another model's waiting job: the task ends
+    after the batch in hand, so that job waits no longer than without the lane."""
+    jobs, _arts, runner, submit = parts
+    qa, qb = f"{prefix}.jobs.shapes", f"{prefix}.jobs.other"
+    ids = [f"{i:032x}" for i in range(5)]
+    for jid, s in zip(ids, held_out(5), strict=True):
+        submit(jid, s.image, queue=qa)
+    rclient.rpop(qa)  # the running token's own message
+    real_take, threads = jobs.take, []
+
+    def take(*a, **k):  # qb's job comes just before the claim made ahead looks
+        threads.append(threading.current_thread().name.split("_")[0])
+        if threads[-1] == "take" and not rclient.llen(qb):
+            submit(f"{20:032x}", held_out(1)[0].image, queue=qb)
+        return real_take(*a, **k)
+
+    monkeypatch.setattr(jobs, "take", take)
+    out = runner(drain_s=60, queues=[qa, qb], overlap=True).run_token("tok", qa)
+    assert out == dict.fromkeys(ids[:2], "succeeded")  # the batch in hand when qb's job came, then the end
+    assert threads == ["MainThread", "MainThread", "take"]
+    assert [jobs.get(j).status for j in ids[2:]] == [JobStatus.queued] * 3 and rclient.llen(qa) == 3
+    assert jobs.claimed("tok") == [] and rclient.llen(qb) == 1
 
 
 @pytest.mark.parametrize("overlap", [False, True])

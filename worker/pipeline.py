@@ -38,7 +38,6 @@ class Item:
     job_id: str
     data: bytes
     class_id: int | None = None
-    image: Image.Image | None = None  # ``data`` decoded already (the worker claimed it ahead)
 
 
 @dataclass
@@ -74,10 +73,6 @@ class Computed:
             None if self.segmentations is None else self.segmentations[i : i + 1],
             self.timings_ms, self.labels_s / len(self.images),
         )  # fmt: skip
-
-
-def _decoded(item: Item) -> Image.Image:
-    return item.image if item.image is not None else decode_rgb(item.data)
 
 
 def default_threads(device: torch.device) -> int:
@@ -124,7 +119,7 @@ class Pipeline:
 
         stage("preprocess")
         t0 = self.clock()
-        images = self._map(_decoded, items)
+        images = self._map(decode_rgb, [it.data for it in items])
         x = self.preprocess(images)
         t1 = self.clock()
 

@@ -11,7 +11,6 @@ runner never raises for a bad job, so one bad job cannot take the worker down.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -24,12 +23,11 @@ from itertools import groupby
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
-from PIL import Image
 
 from shared import webhooks
 from shared.artifacts import ArtifactStore
 from shared.celery_app import app as celery_app
-from shared.imaging import ImageRejected, decode_rgb
+from shared.imaging import ImageRejected
 from shared.jobs import Completed, JobRecord, JobStore, Taken
 from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
@@ -101,7 +99,6 @@ class JobRunner:
         outcome: dict[str, str] = {}
         lane = FinishLane(self) if self.overlap else None
         busy = False  # the batch in hand was claimed right behind the one before
-        decoded: dict[str, Image.Image] = {}  # its images, decoded when it was claimed ahead
         try:
             while True:
                 while taken.job_ids:
@@ -114,13 +111,12 @@ class JobRunner:
                     # There the next batch is claimed, uploads and all, while this one computes.
                     ahead = None
                     if busy and not last and lane is not None:
-                        ahead = lane.take_ahead(partial(self._claim_ahead, queue, token))
+                        ahead = lane.take_ahead(partial(self._backlog, queue, token, ahead=True))
                     try:
-                        round_lane = lane if busy else None
-                        outcome.update(self._round(token, [batch.job_ids], batch.loaded, round_lane, decoded))
+                        outcome.update(self._round(token, [batch.job_ids], batch.loaded, lane if busy else None))
                     finally:
                         # What it claimed is this token's to run, however the round ended.
-                        taken, decoded = ahead.result() if ahead is not None else (taken, {})
+                        taken = ahead.result() if ahead is not None else taken
                     if ahead is None:
                         if last or time.monotonic() - started >= self.drain_s:
                             return outcome
@@ -150,18 +146,6 @@ class JobRunner:
             load=True, hint=hint, others=others, yield_to_others=ahead,
         )  # fmt: skip
 
-    def _claim_ahead(self, queue: str, token: str) -> tuple[Taken, dict[str, Image.Image]]:
-        """The next batch, claimed and its images decoded while this one computes. An image that
-        does not decode here is decoded again in the pipeline, which fails its job as it would
-        have without this."""
-        taken = self._backlog(queue, token, ahead=True)
-        decoded = {}
-        for job_id, (_rec, data) in taken.loaded.items():
-            if data is not None:
-                with contextlib.suppress(Exception):
-                    decoded[job_id] = decode_rgb(data)
-        return taken, decoded
-
     def _linger(self, queue: str, started: float) -> str | None:
         """The queue is empty: wait for its next job. Returns the ID of a job just queued ("" to
         look once more, right after the watch started), or None to end the task."""
@@ -172,12 +156,10 @@ class JobRunner:
         return self.watch.wait(queue, min(time.monotonic() + self.linger_s, started + self.drain_s))
 
     def _round(
-        self, token: str, batches: list[list[str]], loaded: dict | None = None, lane: FinishLane | None = None,
-        decoded: dict[str, Image.Image] | None = None,
-    ) -> dict[str, str]:  # fmt: skip
+        self, token: str, batches: list[list[str]], loaded: dict | None = None, lane: FinishLane | None = None
+    ) -> dict[str, str]:
         """Run the claimed ``batches`` and record the results, ending the token's claims on them.
-        ``loaded``: records and uploads the claim already brought back (see ``JobStore.take``);
-        ``decoded``: images decoded already (``_claim_ahead``).
+        ``loaded``: records and uploads the claim already brought back (see ``JobStore.take``).
         With a ``lane``, the batches' CPU half and their completion run there while this thread
         goes on to the next batch; their outcomes come back with the next round's, or the lane's
         last ``wait``."""
@@ -185,7 +167,7 @@ class JobRunner:
         done: list[tuple[JobRecord, Completed]] = []
         later: list[Finish] = []
         for job_ids in batches:  # without a lane each group finishes as soon as it computed
-            outcome.update(self.run_batch(job_ids, done, loaded, later if lane is not None else None, decoded))
+            outcome.update(self.run_batch(job_ids, done, loaded, later if lane is not None else None))
         claims = [j for job_ids in batches for j in job_ids]
         settle = partial(self._settle, token, claims, later, done)
         if lane is None:
@@ -229,9 +211,8 @@ class JobRunner:
         return Taken(False, job_ids, loaded)
 
     def run_batch(
-        self, job_ids: list[str], done: list, loaded: dict | None = None, later: list[Finish] | None = None,
-        decoded: dict[str, Image.Image] | None = None,
-    ) -> dict[str, str]:  # fmt: skip
+        self, job_ids: list[str], done: list, loaded: dict | None = None, later: list[Finish] | None = None
+    ) -> dict[str, str]:
         """Run jobs (one batch per model, version and method); succeeded ones are appended to ``done``.
         Records and uploads not in ``loaded`` are read here. With ``later``, each batch's CPU half
         is appended there instead of run (it appends to ``done`` when it runs)."""
@@ -263,15 +244,15 @@ class JobRunner:
 
             for _key, group in groupby(sorted(runnable, key=group_key), key=group_key):
                 if later is None:
-                    outcome.update(self._run_group_now(list(group), started, done, decoded))
+                    outcome.update(self._run_group_now(list(group), started, done))
                 else:
-                    out, finish = self._run_group(list(group), started, done, decoded)
+                    out, finish = self._run_group(list(group), started, done)
                     outcome.update(out)
                     later += [finish] if finish is not None else []
             return outcome
 
     def _run_group(
-        self, group: list[tuple[JobRecord, bytes]], started: float, done: list, decoded: dict | None = None
+        self, group: list[tuple[JobRecord, bytes]], started: float, done: list
     ) -> tuple[dict[str, str], Finish | None]:
         """The group's compute half; returns the outcomes so far and, when it computed, the CPU
         half still to run (None when the group already ended: failed, cancelled)."""
@@ -281,8 +262,7 @@ class JobRunner:
             model = self.cache.get(manifest)
         except (ModelNotFound, ModelLoadError, ValueError) as e:
             return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}, None
-        decoded = decoded or {}
-        items = [Item(rec.id, data, rec.spec.target_class, decoded.get(rec.id)) for rec, data in group]
+        items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
         hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
         pipeline = Pipeline(model, self.postprocess_threads)
         t0 = time.perf_counter()
@@ -299,10 +279,8 @@ class JobRunner:
             self, group, pipeline, computed, hook, manifest, started, compute_s, done
         )
 
-    def _run_group_now(
-        self, group: list[tuple[JobRecord, bytes]], started: float, done: list, decoded: dict | None = None
-    ) -> dict[str, str]:
-        out, finish = self._run_group(group, started, done, decoded)
+    def _run_group_now(self, group: list[tuple[JobRecord, bytes]], started: float, done: list) -> dict[str, str]:
+        out, finish = self._run_group(group, started, done)
         return out if finish is None else {**out, **finish()}
 
     def _group_failed(self, group, hook: StageHook, e: Exception, started: float, done: list) -> dict[str, str]:
@@ -413,7 +391,7 @@ class Finish:
 class FinishLane:
     """While jobs queue back to back, one batch's CPU half (label maps, PNGs) and its completion
     round trip run on a thread of their own while this thread computes the next batch, and
-    the batch after that is claimed, with its uploads, and decoded on another: the device does not wait
+    the batch after that is claimed, with its uploads, on another: the device does not wait
     for either, batch after batch (``SEGCAM_OVERLAP``). One batch at a time in the lane: at
     most three batches in memory (finishing, computing, claimed), completions in claim order."""
 
@@ -432,10 +410,9 @@ class FinishLane:
             self.pending, self.records = _thread("finish").submit(settle), records
 
     @staticmethod
-    def take_ahead(take: Callable[[], tuple[Taken, dict]]) -> Future:
-        """The next batch's claim and decoding, done while this one computes (its Redis round
-        trip, its uploads' transfer and its PNG decoding then cost the device nothing:
-        ``benchmarks.saturated_profile``)."""
+    def take_ahead(take: Callable[[], Taken]) -> Future:
+        """The next batch's claim, made while this one computes (its Redis round trip and its
+        uploads' transfer cost the device nothing then: ``benchmarks.saturated_profile``)."""
         return _thread("take").submit(take)
 
     def wait(self) -> dict[str, str]:

@@ -480,9 +480,14 @@ class JobStore:
         """Store the artifacts and results of succeeded jobs, their timings and the end of the
         token's ``claims`` (only these: a worker may finish one batch while it runs the next
         under the same token): one round trip. Returns, per job, whether its result was
-        recorded (False: it was already final, e.g. after a duplicate run)."""
+        recorded (False: it was already final, e.g. after a duplicate run).
+
+        One MULTI: Redis refuses a transaction whole when it refuses one of its writes (memory
+        full), so the claims end only with the results stored. Without it, the SREM (which Redis
+        allows when full) would end the claims of jobs whose results were refused, and no run of
+        the token could find them again."""
         k = self.keys
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=True)
         for d in done:
             artifacts.stage(pipe, d.job_id, d.artifacts)
         marks = []

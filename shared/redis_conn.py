@@ -8,6 +8,17 @@ import redis
 
 from shared.settings import Settings
 
+# Redis failures that pass: unreachable or slow (a restart, a network blip, loading its data),
+# memory full (maxmemory with noeviction refuses writes until keys expire or are freed), or a
+# failed-over primary now read-only. What a worker met one of these doing is worth running again;
+# any other Redis error is a bug in a command, and would fail the same way again.
+OUTAGES: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
+
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
 

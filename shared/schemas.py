@@ -193,7 +193,9 @@ class JobView(BaseModel):
     position: int | None = Field(None, description="Jobs ahead of this one while queued (0: next).")
     stage: str | None = Field(None, description="While running: preprocess, inference, cam or encode.")
     cancel_requested: bool = Field(False, description="A cancellation was asked for while it was running.")
-    attempts: int = Field(0, description="How many times a worker started it (more than 1 after a crash).")
+    attempts: int = Field(
+        0, description="How many times a worker started it (more than 1 after a crash or a Redis failure)."
+    )
     worker: str | None = Field(None, description="The worker that ran (or runs) it.")
     eta_s: float | None = Field(
         None, description="Estimated seconds until it finishes (queue position, live workers, recent service times)."

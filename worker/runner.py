@@ -31,6 +31,7 @@ from shared.imaging import ImageRejected
 from shared.jobs import Completed, JobRecord, JobStore, Taken
 from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
+from shared.redis_conn import OUTAGES
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
 from worker import faults
 from worker.linger import QueueWatch
@@ -230,7 +231,8 @@ class JobRunner:
                     log.warning("job %s has no record (expired); dropping it", job_id)
                     outcome[job_id] = "missing"
                 elif rec.deliveries > self.max_deliveries:
-                    msg = f"the worker running this job died {rec.deliveries - 1} times; it will not be retried"
+                    msg = (f"this job's run was interrupted {rec.deliveries - 1} times (its worker died, or Redis "
+                           "failed); it will not be retried")  # fmt: skip
                     outcome[job_id] = self._fail(rec, "poison_job", msg)
                 elif data is None:
                     msg = "the uploaded image expired before the job ran"
@@ -284,7 +286,11 @@ class JobRunner:
         return out if finish is None else {**out, **finish()}
 
     def _group_failed(self, group, hook: StageHook, e: Exception, started: float, done: list) -> dict[str, str]:
-        """What a group's exception, in either half, means for its jobs."""
+        """What a group's exception, in either half, means for its jobs. A Redis outage is not
+        the jobs' fault (a stage report or a read failed): it goes up to the task, which runs
+        the token again (``worker/tasks.py``)."""
+        if isinstance(e, OUTAGES):
+            raise e
         if isinstance(e, BatchCancelled):
             return dict.fromkeys(hook.cancelled, "cancelled")
         if isinstance(e, SoftTimeLimitExceeded):

@@ -118,7 +118,11 @@ def job_store(settings: Settings | None = None) -> JobStore:
         Keys(settings.key_prefix),
         settings.job_ttl_s,
         settings.upload_ttl_s,
-        claims_ttl_s=2 * settings.visibility_timeout_s,
+        # As long as the records the claims name: a token's message can come back long after
+        # its claim (every worker down until well past the visibility timeout), and its claims
+        # are what it takes back. A finished job leaves the set, so a set outlives its run
+        # only when its jobs did not finish.
+        claims_ttl_s=settings.job_ttl_s,
     )
 
 

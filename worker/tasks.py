@@ -8,12 +8,16 @@ The message carries the model name and the submitting job's ID, never image data
 from __future__ import annotations
 
 import logging
+import time
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task
+from celery.exceptions import Reject
 
 from shared import webhooks
 from shared.celery_app import TASK_SEGMENT, app
+from shared.redis_conn import OUTAGES
+from shared.settings import get_settings
 from worker import runtime
 
 log = logging.getLogger("segcam.worker")
@@ -39,5 +43,31 @@ class SegmentTask(Task):
 
 @app.task(name=TASK_SEGMENT, bind=True, base=SegmentTask, ignore_result=True)  # the job record holds the result
 def segment(self, model: str, job_id: str | None = None) -> dict:
-    outcome = runtime.runner().run_token(self.request.id, runtime.queue_for(model), hint=job_id)
-    return {"jobs": outcome}
+    return {"jobs": run_through_outages(self.request.id, runtime.queue_for(model), job_id)}
+
+
+def run_through_outages(token: str, queue: str, hint: str | None) -> dict[str, str]:
+    """Run the token; when Redis fails under it (``shared.redis_conn.OUTAGES``), run it again.
+
+    Celery acknowledges a task that raised, and nothing would then run the jobs the token had
+    claimed: they would show "running" until their records expired. Run again, the token takes
+    its unfinished claims back (``JobStore.take``), as after a crash, and each such run counts
+    toward ``max_deliveries``. Retries stop at half the soft time limit, which leaves a re-run
+    time to finish; past it the message goes back to the queue (``Reject``) for any worker.
+    Should Redis still refuse writes then, the Celery parent cannot end the task at all (an ack
+    is a write as well) and exits; the launcher or compose restarts it, and since kombu's
+    restore is one transaction, the message stays among the unacknowledged until the
+    visibility timeout brings it back.
+    """
+    deadline = time.monotonic() + get_settings().task_soft_time_limit_s / 2
+    wait = 0.25
+    while True:
+        try:
+            return runtime.runner().run_token(token, queue, hint=hint)
+        except OUTAGES as e:
+            if time.monotonic() + wait > deadline:
+                log.error("Redis failed under token %s (%r); its message goes back to the queue", token, e)
+                raise Reject(e, requeue=True) from e
+            log.warning("Redis failed under token %s (%r); running it again in %.2f s", token, e, wait)
+            time.sleep(wait)
+            wait = min(2 * wait, 4.0)

@@ -119,7 +119,7 @@ def test_a_poison_job_stops_after_max_deliveries_and_blocks_nothing(chaos):
     healthy = [submit(chaos.url, scene_png(50 + i))["id"] for i in range(3)]
     final = wait_final(chaos.url, poison, timeout=120)
     assert final["status"] == "failed" and final["error"]["code"] == "poison_job", final
-    assert "died 3 times" in final["error"]["message"] and final["attempts"] == 4
+    assert "interrupted 3 times" in final["error"]["message"] and final["attempts"] == 4
     assert [wait_final(chaos.url, h)["status"] for h in healthy] == ["succeeded"] * 3
 
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+import redis
 
 from stack.local import free_port, redis_answers
 from tests.integration.procs import Procs, job, scene_png, submit, wait_final, wait_until
@@ -96,5 +97,86 @@ def test_redis_unreachable_gives_503_at_once_and_the_api_recovers_by_itself(priv
         again = wait_final(procs.url, submit(procs.url, scene_png(402))["id"], timeout=60)
         assert again["status"] == "succeeded"
         assert job(procs.url, done)["status"] == "succeeded"  # AOF kept the earlier job too
+    finally:
+        procs.close()
+
+
+def _memory_full(server: RedisServer, full: bool) -> None:
+    """maxmemory 1 byte with noeviction: Redis refuses every write that may add memory (SET,
+    HSET, scripts, LPUSH) with an OOM error, and still serves reads, deletes and BRPOP."""
+    redis.Redis.from_url(server.url).config_set("maxmemory", 1 if full else 0)
+
+
+def _oom_env(url: str, soft_s: int) -> dict[str, str]:
+    return {
+        "SEGCAM_REDIS_URL": url, "SEGCAM_FAULT_INJECTION": "true", "SEGCAM_WORKER_HEARTBEAT_S": "1",
+        "SEGCAM_DRAIN_S": "0.5", "SEGCAM_TASK_SOFT_TIME_LIMIT_S": str(soft_s),
+        "SEGCAM_TASK_TIME_LIMIT_S": str(soft_s + 2), "SEGCAM_VISIBILITY_TIMEOUT_S": str(soft_s + 4),
+        "SEGCAM_UNACKED_RESTORE_INTERVAL_S": "1",
+    }  # fmt: skip
+
+
+def test_a_completion_redis_refuses_for_lack_of_memory_leaves_the_claims_for_a_rerun(private_redis):
+    """Redis allows SREM when full (it frees memory): outside one MULTI, the claims would end
+    while the results were refused, and the token's re-run would find nothing to take back."""
+    from shared.artifacts import ArtifactStore
+    from shared.jobs import Completed, JobStore
+    from shared.keys import Keys
+    from tests.unit.test_jobs import RESULT, SPEC
+
+    client = redis.Redis.from_url(private_redis.url)
+    keys = Keys("oom")
+    store, artifacts = JobStore(client, keys, 60, 60), ArtifactStore(client, keys, 60)
+    store.create("a" * 32, SPEC, "q", b"img")
+    assert store.claim("q", "tok", "w1") == ["a" * 32]
+    done = [Completed("a" * 32, "q", RESULT, {"mask": b"m" * 1000}, 0.1, 0.2)]
+
+    _memory_full(private_redis, True)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        store.complete(done, artifacts, token="tok", claims=["a" * 32])
+    _memory_full(private_redis, False)
+    assert store.claimed("tok") == ["a" * 32] and store.get("a" * 32).status.value == "running"
+    assert artifacts.get("a" * 32, "mask") is None  # nothing of it was stored
+
+    assert store.reclaim("tok", "w1") == ["a" * 32]  # the re-run takes it back
+    assert store.complete(done, artifacts, token="tok", claims=["a" * 32]) == [True]
+    assert store.claimed("tok") == [] and artifacts.get("a" * 32, "mask") == b"m" * 1000
+
+
+@pytest.mark.parametrize(
+    ("soft_s", "full_s"),
+    [
+        pytest.param(30, 3.0, id="within-its-retry-time-the-task-runs-its-token-again"),
+        # Past half the soft limit (2 s) the task gives its message back; with Redis still
+        # full, the worker cannot (kombu's restore is refused) and exits. The message stays
+        # unacknowledged, and a worker started as the launcher would restart it takes it back.
+        pytest.param(4, 6.0, id="still-full-when-it-gives-up-a-restarted-worker-takes-it-back"),
+    ],
+)
+def test_a_job_whose_result_redis_refused_for_lack_of_memory_completes_once_memory_frees(
+    private_redis, tmp_path, soft_s, full_s
+):
+    procs = Procs(_oom_env(private_redis.url, soft_s), tmp_path)
+    try:
+        procs.api()
+        procs.worker("w1@oom")
+        procs.wait_workers(["w1@oom"])
+        slow = submit(procs.url, scene_png(500, fault="sleep:1.5@preprocess"))["id"]
+        wait_until(lambda: job(procs.url, slow)["status"] == "running", 30, "job running")
+        _memory_full(private_redis, True)  # the result is computed now, and its write is refused
+        time.sleep(full_s)
+        assert job(procs.url, slow)["status"] == "running"
+        _memory_full(private_redis, False)
+        freed = time.monotonic()
+        if soft_s / 2 < full_s:
+            procs.worker("w2@oom")
+
+        final = wait_final(procs.url, slow, timeout=60)
+        assert final["status"] == "succeeded", final
+        print(f"succeeded {time.monotonic() - freed:.1f} s after memory freed")
+        assert final["attempts"] == 2  # claimed, then taken back by its token
+        assert httpx.get(f"{procs.url}{final['result']['artifacts']['mask']}").status_code == 200
+        again = wait_final(procs.url, submit(procs.url, scene_png(501))["id"], timeout=60)
+        assert again["status"] == "succeeded"  # the worker serves on
     finally:
         procs.close()

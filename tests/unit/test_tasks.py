@@ -1,0 +1,66 @@
+"""The segment task around a Redis outage: run the token again, then give the message back."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from celery.exceptions import Reject
+
+from shared.settings import get_settings
+from worker import runtime, tasks
+
+
+class FlakyRunner:
+    """Fails ``failures`` times with ``error``, then runs the token."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error, self.calls = failures, error, []
+
+    def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
+        self.calls.append((token, queue, hint))
+        if len(self.calls) <= self.failures:
+            raise self.error
+        return {"j1": "succeeded"}
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    def install(failures: int, error: Exception, soft_s: int = 120) -> FlakyRunner:
+        runner = FlakyRunner(failures, error)
+        monkeypatch.setattr(runtime, "runner", lambda: runner)
+        monkeypatch.setattr(tasks.time, "sleep", lambda s: None)
+        monkeypatch.setenv("SEGCAM_TASK_SOFT_TIME_LIMIT_S", str(soft_s))
+        monkeypatch.setenv("SEGCAM_DRAIN_S", "1")
+        get_settings.cache_clear()
+        return runner
+
+    yield install
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [redis.ConnectionError("gone"), redis.TimeoutError("slow"), redis.exceptions.OutOfMemoryError("OOM")],
+    ids=["unreachable", "timeout", "memory-full"],
+)
+def test_a_redis_outage_runs_the_same_token_again(flaky, error):
+    runner = flaky(2, error)
+    assert tasks.run_through_outages("tok", "q", "j1") == {"j1": "succeeded"}
+    assert runner.calls == [("tok", "q", "j1")] * 3  # the same token: it takes back its own claims
+
+
+def test_past_half_the_soft_limit_the_message_goes_back_to_the_queue(flaky, monkeypatch):
+    clock = iter(range(0, 1000, 1))  # one second per look at the clock
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: next(clock))
+    runner = flaky(100, redis.ConnectionError("gone"), soft_s=8)
+    with pytest.raises(Reject) as raised:
+        tasks.run_through_outages("tok", "q", None)
+    assert raised.value.requeue is True
+    assert 1 < len(runner.calls) <= 4  # retried, but only within 4 s of the start
+
+
+def test_any_other_error_is_not_retried(flaky):
+    runner = flaky(1, redis.ResponseError("ERR wrong number of arguments"))
+    with pytest.raises(redis.ResponseError):
+        tasks.run_through_outages("tok", "q", None)
+    assert len(runner.calls) == 1

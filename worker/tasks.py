@@ -12,7 +12,7 @@ import time
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared import webhooks
 from shared.celery_app import TASK_SEGMENT, app
@@ -30,15 +30,19 @@ class SegmentTask(Task):
         Celery acknowledges a timed-out message, so nothing would come back for the jobs
         the child had claimed: fail them here, with the code a client can act on.
         """
-        if not isinstance(exc, TimeLimitExceeded):
-            return
-        jobs = runtime.job_store()
-        msg = "the job ran past its hard time limit; its process was replaced"
-        for job_id in jobs.claimed(task_id):
-            rec = jobs.get(job_id)
-            if rec is not None and jobs.fail(job_id, rec.queue, "timeout", msg) and rec.spec.callback_url:
-                webhooks.schedule(app, jobs.keys, job_id)
-        jobs.release(task_id)
+        if isinstance(exc, TimeLimitExceeded):
+            fail_claims(task_id, "the job ran past its hard time limit; its process was replaced")
+
+
+def fail_claims(token: str, message: str) -> None:
+    """Fail the token's unfinished claims as ``timeout`` and forget them: the task is ending,
+    and Celery acknowledges its message, so nothing else would end them."""
+    jobs = runtime.job_store()
+    for job_id in jobs.claimed(token):
+        rec = jobs.get(job_id)
+        if rec is not None and jobs.fail(job_id, rec.queue, "timeout", message) and rec.spec.callback_url:
+            webhooks.schedule(app, jobs.keys, job_id)
+    jobs.release(token)
 
 
 @app.task(name=TASK_SEGMENT, bind=True, base=SegmentTask, ignore_result=True)  # the job record holds the result
@@ -64,6 +68,11 @@ def run_through_outages(token: str, queue: str, hint: str | None) -> dict[str, s
     while True:
         try:
             return runtime.runner().run_token(token, queue, hint=hint)
+        except SoftTimeLimitExceeded:
+            # Inside a job the runner fails that job as timed out; here the limit struck between
+            # jobs' steps (storing a batch, claiming the next), so whatever is still claimed ends.
+            fail_claims(token, "the job ran past its time limit")
+            raise
         except OUTAGES as e:
             if time.monotonic() + wait > deadline:
                 log.error("Redis failed under token %s (%r); its message goes back to the queue", token, e)

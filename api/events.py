@@ -118,12 +118,12 @@ class EventHub:
                 client_name=f"{self.settings.key_prefix}-events",  # findable in CLIENT LIST
             )
             pubsub = client.pubsub()
-            parked = False
+            served_since: float | None = None  # when this connection's first subscription was confirmed
             try:
                 while True:  # one subscription per turn; an idle spell ends a turn, not the connection
                     await pubsub.psubscribe(pattern)
                     await self._reply(pubsub, "psubscribe")
-                    parked = False
+                    served_since = served_since or asyncio.get_running_loop().time()
                     self.ready.set()
                     self._wake_all()  # anything may have happened while we were not listening
                     await self._listen(pubsub)
@@ -132,14 +132,16 @@ class EventHub:
                     await pubsub.punsubscribe(pattern)
                     await self._reply(pubsub, "punsubscribe")
                     if not self.followers:
-                        parked = True
                         await self.wanted.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis went away: followers re-read (and report 503); reconnect
                 log.warning("event stream interrupted: %s", e)
                 self._wake_all()
-                if not parked:  # a connection that died while parked is replaced at once
+                # A connection that served a while (one that died parked, or as a follower came
+                # while it unsubscribed) is replaced at once; one that failed young (Redis down
+                # or flapping) waits first, so the reader never spins.
+                if served_since is None or asyncio.get_running_loop().time() - served_since < 1.0:
                     await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):

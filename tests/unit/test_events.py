@@ -92,3 +92,34 @@ def test_a_follower_keeps_the_subscription_however_long_it_waits(settings, rclie
         await hub.close()
 
     asyncio.run(run())
+
+
+def test_a_connection_lost_as_a_follower_arrives_mid_unsubscription_is_replaced_at_once(
+    settings, rclient, hub, monkeypatch
+):
+    """The reader had not parked yet (it was reading the unsubscription's reply) when the
+    connection died and a follower came: it must not sleep its back-off before that follower."""
+    name = f"{settings.key_prefix}-events"
+    reply, race = hub._reply, {}
+
+    async def racing_reply(pubsub, kind):
+        await reply(pubsub, kind)
+        if kind == "punsubscribe" and not race:
+            rclient.client_kill_filter(_id=hub_connection(rclient, name)["id"])
+            race["t0"] = time.monotonic()
+            race["follow"] = asyncio.create_task(hub.follow("job3"))
+            await asyncio.sleep(0)  # the follower is registered before the reader goes on
+
+    monkeypatch.setattr(hub, "_reply", racing_reply)
+
+    async def run():
+        hub.start()
+        await until(lambda: "follow" in race)
+        f = await race["follow"]
+        waited = time.monotonic() - race["t0"]
+        assert hub_connection(rclient, name)["psub"] == "1"
+        assert waited < 0.9, f"the reader slept its reconnect back-off ({waited:.2f} s) before a waiting follower"
+        await hears(rclient, hub, f, "job3", "succeeded")
+        await hub.close()
+
+    asyncio.run(run())

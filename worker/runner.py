@@ -374,7 +374,9 @@ class Finish:
                 finally:
                     hook.close()
             except Exception as e:
-                if isinstance(e, (BatchCancelled, SoftTimeLimitExceeded)) or len(group) == 1:
+                # Image by image only when an image may have broken it, not for the batch's end,
+                # its time limit or a Redis outage (which _group_failed hands up to the task).
+                if isinstance(e, (BatchCancelled, SoftTimeLimitExceeded, *OUTAGES)) or len(group) == 1:
                     return runner._group_failed(group, hook, e, self.started, self.done)
                 results = []
                 for i, pair in enumerate(group):

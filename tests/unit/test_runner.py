@@ -588,3 +588,32 @@ def test_a_failed_store_in_the_lane_does_not_strand_the_next_computed_batch(part
     statuses = [JobStatus.succeeded] * 2 + [JobStatus.running] * 2 + [JobStatus.succeeded] * 2
     assert [jobs.get(j).status for j in ids] == statuses
     assert sorted(jobs.claimed("tok")) == ids[2:4]  # a redelivered token takes them back
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_redis_outage_in_a_stage_report_goes_up_to_the_task_and_leaves_the_claims(parts, monkeypatch, batch):
+    """Not the jobs' fault: no job fails, none is finished image by image as if one had broken
+    the batch; the task runs the token again (worker/tasks.py) and takes the claims back."""
+    jobs, _arts, runner, submit = parts
+    ids = [f"{i:032x}" for i in range(batch)]
+    for jid, s in zip(ids, held_out(batch), strict=True):
+        submit(jid, s.image)
+    real_report, real_finish, finishes = StageReports.report, Pipeline.finish, []
+
+    def redis_gone_at_encode(self, job_ids, stage):
+        if stage == "encode":
+            raise redis.ConnectionError("Connection closed by server.")
+        return real_report(self, job_ids, stage)
+
+    def finish(self, computed, on_stage=None):
+        finishes.append(on_stage is not None)
+        return real_finish(self, computed, on_stage)
+
+    monkeypatch.setattr(StageReports, "report", redis_gone_at_encode)
+    monkeypatch.setattr(Pipeline, "finish", finish)
+    with pytest.raises(redis.ConnectionError):
+        runner(batch=batch).run_token("tok", QUEUE)
+    assert finishes == [True]  # the batch's own finish only
+    assert sorted(jobs.claimed("tok")) == ids and {jobs.get(j).status for j in ids} == {JobStatus.running}
+    monkeypatch.setattr(StageReports, "report", real_report)
+    assert runner(batch=batch).run_token("tok", QUEUE) == dict.fromkeys(ids, "succeeded")  # taken back

@@ -63,20 +63,37 @@ def run_through_outages(token: str, queue: str, hint: str | None) -> dict[str, s
     restore is one transaction, the message stays among the unacknowledged until the
     visibility timeout brings it back.
     """
-    deadline = time.monotonic() + get_settings().task_soft_time_limit_s / 2
+    s = get_settings()
+    try:
+        return through_outages(
+            lambda: runtime.runner().run_token(token, queue, hint=hint),
+            time.monotonic() + s.task_soft_time_limit_s / 2,
+            token,
+        )
+    except SoftTimeLimitExceeded:
+        # Inside a job the runner fails that job as timed out; here the limit struck between
+        # jobs' steps (storing a batch, claiming the next), so whatever is still claimed ends.
+        # Should Redis be failing too, keep trying for half the time left before the hard
+        # limit; then the message goes back, and its next run takes the claims back.
+        through_outages(
+            lambda: fail_claims(token, "the job ran past its time limit"),
+            time.monotonic() + (s.task_time_limit_s - s.task_soft_time_limit_s) / 2,
+            token,
+        )
+        raise
+
+
+def through_outages(call, deadline: float, token: str):
+    """``call()`` again, after a back-off from 0.25 s doubling to 4 s, while Redis fails under it;
+    a retry that would start past ``deadline`` gives the token's message back instead."""
     wait = 0.25
     while True:
         try:
-            return runtime.runner().run_token(token, queue, hint=hint)
-        except SoftTimeLimitExceeded:
-            # Inside a job the runner fails that job as timed out; here the limit struck between
-            # jobs' steps (storing a batch, claiming the next), so whatever is still claimed ends.
-            fail_claims(token, "the job ran past its time limit")
-            raise
+            return call()
         except OUTAGES as e:
             if time.monotonic() + wait > deadline:
                 log.error("Redis failed under token %s (%r); its message goes back to the queue", token, e)
                 raise Reject(e, requeue=True) from e
-            log.warning("Redis failed under token %s (%r); running it again in %.2f s", token, e, wait)
+            log.warning("Redis failed under token %s (%r); trying again in %.2f s", token, e, wait)
             time.sleep(wait)
             wait = min(2 * wait, 4.0)

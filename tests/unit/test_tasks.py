@@ -105,3 +105,61 @@ def test_a_soft_time_limit_between_jobs_fails_what_the_token_still_claims(flaky,
     assert store.get("b" * 32).status.value == "failed" and store.get("b" * 32).error.code == "timeout"
     assert store.get("a" * 32).error.code == "internal_error"  # a final state is never overwritten
     assert store.claimed("tok") == []
+
+
+class FlakyStore:
+    """A real ``JobStore`` whose first ``failures`` calls of ``claimed`` find Redis gone."""
+
+    def __init__(self, store, failures: int) -> None:
+        self.store, self.failures, self.calls = store, failures, 0
+
+    def claimed(self, token: str) -> list[str]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise redis.ConnectionError("gone")
+        return self.store.claimed(token)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.fixture
+def claimed_two(monkeypatch, rclient, prefix):
+    """Two jobs claimed by token ``tok``; returns a function that installs a store failing n times."""
+    from shared.jobs import JobStore
+    from shared.keys import Keys
+    from tests.unit.test_jobs import SPEC
+
+    store = JobStore(rclient, Keys(prefix), 60, 60)
+    for j in ("a" * 32, "b" * 32):
+        store.create(j, SPEC, "q", b"img")
+    assert store.claim("q", "tok", "w1", max_jobs=2) == ["a" * 32, "b" * 32]
+
+    def install(failures: int) -> JobStore:
+        flaky_store = FlakyStore(store, failures)  # one for the test: its failures count across calls
+        monkeypatch.setattr(runtime, "job_store", lambda: flaky_store)
+        return store
+
+    return install
+
+
+def test_a_soft_time_limit_during_a_redis_outage_fails_the_claims_once_redis_is_back(flaky, clock, claimed_two):
+    store = claimed_two(2)
+    flaky(1, SoftTimeLimitExceeded())
+    with pytest.raises(SoftTimeLimitExceeded):
+        tasks.run_through_outages("tok", "q", None)
+    assert clock.slept == [0.25, 0.5]
+    assert [store.get(j).error.code for j in ("a" * 32, "b" * 32)] == ["timeout", "timeout"]
+    assert store.claimed("tok") == []
+
+
+def test_a_soft_time_limit_in_a_long_outage_gives_the_message_back_with_its_claims(flaky, clock, claimed_two):
+    """Nothing could fail the claims: the message goes back, and its next run takes them back."""
+    store = claimed_two(100)
+    flaky(1, SoftTimeLimitExceeded())  # soft 120 s, hard 150 s: half the 30 s between them
+    with pytest.raises(Reject) as raised:
+        tasks.run_through_outages("tok", "q", None)
+    assert raised.value.requeue is True
+    assert clock.slept == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]  # 11.75 s; one more 4 s would pass 15
+    assert sorted(store.claimed("tok")) == ["a" * 32, "b" * 32]
+    assert {store.get(j).status.value for j in ("a" * 32, "b" * 32)} == {"running"}

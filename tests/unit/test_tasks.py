@@ -86,27 +86,6 @@ def test_any_other_error_is_not_retried(flaky):
     assert len(runner.calls) == 1
 
 
-def test_a_soft_time_limit_between_jobs_fails_what_the_token_still_claims(flaky, monkeypatch, rclient, prefix):
-    """The limit struck outside any job (storing a batch, claiming the next): Celery acks the
-    message, so the claimed jobs end as timed out here instead of showing "running" forever."""
-    from shared.jobs import JobStore
-    from shared.keys import Keys
-    from tests.unit.test_jobs import SPEC
-
-    store = JobStore(rclient, Keys(prefix), 60, 60)
-    monkeypatch.setattr(runtime, "job_store", lambda: store)
-    for j in ("a" * 32, "b" * 32):
-        store.create(j, SPEC, "q", b"img")
-    assert store.claim("q", "tok", "w1", max_jobs=2) == ["a" * 32, "b" * 32]
-    store.fail("a" * 32, "q", "internal_error", "ended before the limit")
-    flaky(1, SoftTimeLimitExceeded())
-    with pytest.raises(SoftTimeLimitExceeded):
-        tasks.run_through_outages("tok", "q", None)
-    assert store.get("b" * 32).status.value == "failed" and store.get("b" * 32).error.code == "timeout"
-    assert store.get("a" * 32).error.code == "internal_error"  # a final state is never overwritten
-    assert store.claimed("tok") == []
-
-
 class FlakyStore:
     """A real ``JobStore`` whose first ``failures`` calls of ``claimed`` find Redis gone."""
 
@@ -141,6 +120,19 @@ def claimed_two(monkeypatch, rclient, prefix):
         return store
 
     return install
+
+
+def test_a_soft_time_limit_between_jobs_fails_what_the_token_still_claims(flaky, claimed_two):
+    """The limit struck outside any job (storing a batch, claiming the next): Celery acks the
+    message, so the claimed jobs end as timed out here instead of showing "running" forever."""
+    store = claimed_two(0)
+    store.fail("a" * 32, "q", "internal_error", "ended before the limit")
+    flaky(1, SoftTimeLimitExceeded())
+    with pytest.raises(SoftTimeLimitExceeded):
+        tasks.run_through_outages("tok", "q", None)
+    assert store.get("b" * 32).status.value == "failed" and store.get("b" * 32).error.code == "timeout"
+    assert store.get("a" * 32).error.code == "internal_error"  # a final state is never overwritten
+    assert store.claimed("tok") == []
 
 
 def test_a_soft_time_limit_during_a_redis_outage_fails_the_claims_once_redis_is_back(flaky, clock, claimed_two):

@@ -28,10 +28,11 @@ class SegmentTask(Task):
         """Runs in the worker's parent when the hard time limit killed the pool child.
 
         Celery acknowledges a timed-out message, so nothing would come back for the jobs
-        the child had claimed: fail them here, with the code a client can act on.
+        the child had claimed: fail them here, with the code a client can act on. It blocks
+        the parent for as long as a Redis outage lasts, up to half the gap between the limits.
         """
         if isinstance(exc, TimeLimitExceeded):
-            fail_claims(task_id, "the job ran past its hard time limit; its process was replaced")
+            fail_claims_through_outages(task_id, "the job ran past its hard time limit; its process was replaced")
 
 
 def fail_claims(token: str, message: str) -> None:
@@ -63,24 +64,31 @@ def run_through_outages(token: str, queue: str, hint: str | None) -> dict[str, s
     restore is one transaction, the message stays among the unacknowledged until the
     visibility timeout brings it back.
     """
-    s = get_settings()
     try:
         return through_outages(
             lambda: runtime.runner().run_token(token, queue, hint=hint),
-            time.monotonic() + s.task_soft_time_limit_s / 2,
+            time.monotonic() + get_settings().task_soft_time_limit_s / 2,
             token,
         )
     except SoftTimeLimitExceeded:
         # Inside a job the runner fails that job as timed out; here the limit struck between
         # jobs' steps (storing a batch, claiming the next), so whatever is still claimed ends.
-        # Should Redis be failing too, keep trying for half the time left before the hard
-        # limit; then the message goes back, and its next run takes the claims back.
-        through_outages(
-            lambda: fail_claims(token, "the job ran past its time limit"),
-            time.monotonic() + (s.task_time_limit_s - s.task_soft_time_limit_s) / 2,
-            token,
-        )
+        fail_claims_through_outages(token, "the job ran past its time limit")
         raise
+
+
+def fail_claims_through_outages(token: str, message: str) -> None:
+    """``fail_claims``, riding out a Redis outage for half the time between the soft and hard
+    limits. Past that it raises ``Reject``: from the task, Celery gives the message back; from
+    ``on_failure`` after a hard limit, the raise skips Celery's ack (``Request.on_timeout``
+    acknowledges after the hook), so the visibility timeout brings the message back. Either
+    way the next run takes the claims back, where an ack would have left them "running"."""
+    s = get_settings()
+    through_outages(
+        lambda: fail_claims(token, message),
+        time.monotonic() + (s.task_time_limit_s - s.task_soft_time_limit_s) / 2,
+        token,
+    )
 
 
 def through_outages(call, deadline: float, token: str):

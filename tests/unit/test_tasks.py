@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from shared.settings import get_settings
@@ -155,3 +156,34 @@ def test_a_soft_time_limit_in_a_long_outage_gives_the_message_back_with_its_clai
     assert clock.slept == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]  # 11.75 s; one more 4 s would pass 15
     assert sorted(store.claimed("tok")) == ["a" * 32, "b" * 32]
     assert {store.get(j).status.value for j in ("a" * 32, "b" * 32)} == {"running"}
+
+
+def test_a_hard_time_limit_during_a_short_outage_still_fails_the_claims(clock, claimed_two):
+    store = claimed_two(3)
+    tasks.segment.on_failure(TimeLimitExceeded(150), "tok", (), {}, None)
+    assert clock.slept == [0.25, 0.5, 1.0]
+    assert {store.get(j).error.code for j in ("a" * 32, "b" * 32)} == {"timeout"}
+    assert "hard time limit" in store.get("a" * 32).error.message
+    assert store.claimed("tok") == []
+
+
+def test_a_hard_time_limit_in_a_long_outage_raises_so_that_celery_does_not_ack(clock, claimed_two):
+    """Celery's ``Request.on_timeout`` acknowledges after ``on_failure`` returns: a raise leaves
+    the message unacknowledged, and with the claims held its next delivery takes them back."""
+    store = claimed_two(100)
+    with pytest.raises(Reject):
+        tasks.segment.on_failure(TimeLimitExceeded(150), "tok", (), {}, None)
+    assert sum(clock.slept) == 11.75
+    assert sorted(store.claimed("tok")) == ["a" * 32, "b" * 32]
+
+
+def test_celery_acknowledges_a_hard_timeout_only_after_on_failure_returned():
+    """The ordering the test above relies on, read from the installed Celery."""
+    import inspect
+
+    from celery.worker.request import Request
+
+    src = inspect.getsource(Request.on_timeout)
+    assert src.index("self.task.on_failure(") < src.index("self.acknowledge()")
+    between = src[src.index("self.task.on_failure(") : src.index("self.acknowledge()")].splitlines()
+    assert not [ln for ln in between if ln.strip().startswith("except ") or ln.strip() == "except:"]  # none swallows it

@@ -28,8 +28,9 @@ class SegmentTask(Task):
         """Runs in the worker's parent when the hard time limit killed the pool child.
 
         Celery acknowledges a timed-out message, so nothing would come back for the jobs
-        the child had claimed: fail them here, with the code a client can act on. It blocks
-        the parent for as long as a Redis outage lasts, up to half the gap between the limits.
+        the child had claimed: fail them here, with the code a client can act on. Through a
+        Redis outage this blocks the parent, up to half the gap between the limits: a worker
+        whose Redis is failing has nothing else it could do meanwhile.
         """
         if isinstance(exc, TimeLimitExceeded):
             fail_claims_through_outages(task_id, "the job ran past its hard time limit; its process was replaced")
@@ -79,10 +80,12 @@ def run_through_outages(token: str, queue: str, hint: str | None) -> dict[str, s
 
 def fail_claims_through_outages(token: str, message: str) -> None:
     """``fail_claims``, riding out a Redis outage for half the time between the soft and hard
-    limits. Past that it raises ``Reject``: from the task, Celery gives the message back; from
-    ``on_failure`` after a hard limit, the raise skips Celery's ack (``Request.on_timeout``
-    acknowledges after the hook), so the visibility timeout brings the message back. Either
-    way the next run takes the claims back, where an ack would have left them "running"."""
+    limits. Past that it raises ``Reject``, with the claims still held: from the task, Celery
+    gives the message back. From ``on_failure`` after a hard limit, Celery acknowledges the
+    timed-out message anyway, and that ack meets the same outage: refused (memory full, read
+    only), it stops the worker, which the launcher or compose restarts; with the connection
+    lost, the consumer reconnects. Either way the message stays unacknowledged until the
+    visibility timeout brings it back, and its next run takes the claims back."""
     s = get_settings()
     through_outages(
         lambda: fail_claims(token, message),

@@ -180,3 +180,29 @@ def test_a_job_whose_result_redis_refused_for_lack_of_memory_completes_once_memo
         assert again["status"] == "succeeded"  # the worker serves on
     finally:
         procs.close()
+
+
+def test_a_hard_time_limit_while_redis_is_full_restarts_the_worker_and_loses_no_job(private_redis, tmp_path):
+    """The hard limit's hook cannot fail the claims while Redis refuses writes, and gives up with
+    them held; Celery's ack of the timed-out message is refused too, which stops the worker with
+    the message unacknowledged: a restarted worker takes the job back after the visibility
+    timeout, and its second hard limit, with Redis writable again, fails it as timed out."""
+    procs = Procs(_oom_env(private_redis.url, 2), tmp_path)  # hard limit 4 s; the hook retries 1 s
+    try:
+        procs.api()
+        w1 = procs.worker("w1@hard")
+        procs.wait_workers(["w1@hard"])
+        stuck = submit(procs.url, scene_png(510, fault="hang:30@preprocess"))["id"]
+        wait_until(lambda: job(procs.url, stuck)["status"] == "running", 30, "job running")
+        _memory_full(private_redis, True)
+        wait_until(lambda: w1.poll() is not None, 30, "the worker's shutdown")
+        _memory_full(private_redis, False)
+        assert job(procs.url, stuck)["status"] == "running"  # claimed still, not lost
+        procs.worker("w2@hard")  # as the launcher or compose would restart w1
+        final = wait_final(procs.url, stuck, timeout=60)
+        assert final["status"] == "failed" and final["error"]["code"] == "timeout", final
+        assert "hard time limit" in final["error"]["message"] and final["attempts"] == 2
+        again = wait_final(procs.url, submit(procs.url, scene_png(511))["id"], timeout=60)
+        assert again["status"] == "succeeded"
+    finally:
+        procs.close()

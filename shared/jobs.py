@@ -91,8 +91,8 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 # tokens are interchangeable, and each drop matches a job that left the queue, so every queued
 # job still has a message; a crash before the claimed jobs finish is covered by the token's
 # claims. A token with claims of its own (requeued after its worker died) is never dropped.
-# KEYS: queued zset, claims set of the token, broker list (the Celery queue), then the worker's
-# other broker lists, whose messages the reply reports.
+# KEYS: queued zset, claims set of the token, broker list (the Celery queue), running zset, then
+# the worker's other broker lists, whose messages the reply reports.
 # ARGV: job key prefix, worker, token, max, window, claims ttl, job events prefix, queue
 # channel, mode ('take' | 'claim' | 'reclaim'), method ('' for any: the head job's method then
 # decides), drop ('1' | '0'), claims key prefix, backlog only ('1': claim no more jobs than
@@ -105,7 +105,7 @@ return {'ok', redis.call('ZRANK', KEYS[2], ARGV[1])}
 _TAKE = f"""
 {_STAMP_LUA}
 local waiting = 0
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   if redis.call('LLEN', KEYS[i]) > 0 then waiting = 1 end
 end
 local function out(kind, ids)
@@ -125,6 +125,7 @@ if mode ~= 'claim' then
     if st and not ({_FINAL_LUA}) then
       redis.call('HSET', jk, 'status', 'running', 'started_at', stamp, 'worker', ARGV[2], 'stage', 'preprocess')
       redis.call('HINCRBY', jk, 'deliveries', 1)
+      redis.call('ZADD', KEYS[4], stamp, id)
       redis.call('PUBLISH', ARGV[7] .. id, 'preprocess')
       table.insert(left, id)
     end
@@ -151,6 +152,7 @@ for _, id in ipairs(ids) do
                'stage', 'preprocess')
     redis.call('HINCRBY', jk, 'deliveries', 1)
     redis.call('SADD', KEYS[2], id)
+    redis.call('ZADD', KEYS[4], stamp, id)
     redis.call('PUBLISH', ARGV[7] .. id, 'preprocess')
     table.insert(claimed, id)
   end
@@ -180,7 +182,7 @@ end
 return out('claimed', claimed)
 """
 
-# KEYS: job, queued zset, upload, completions zset, metrics hash, job events channel.
+# KEYS: job, queued zset, upload, completions zset, metrics hash, job events channel, running zset.
 # ARGV: job id, status, ttl, field, value, model.
 # The final record travels in the event ("<status> <record as JSON>"): a follower waiting
 # for the end answers from it instead of reading the record back (one round trip less).
@@ -193,6 +195,7 @@ redis.call('HINCRBY', KEYS[5], 'jobs|' .. ARGV[2] .. '|' .. ARGV[6], 1)
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', stamp, ARGV[4], ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('DEL', KEYS[3])
 if st == 'running' then
   redis.call('ZADD', KEYS[4], stamp, ARGV[1])
@@ -221,6 +224,39 @@ if st == 'queued' then
 end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 return 'cancelling'
+"""
+
+
+# KEYS: running zset, metrics hash. ARGV: cutoff (Redis time), job key prefix, claims key prefix,
+# job events prefix, then seven per job: id, queued zset, queue score, broker list, Celery
+# message, queue channel, model ('' for a job whose record is gone or final: only its entry goes).
+# A job is put back only while it is still running and its latest claim is at or before the
+# cutoff: a take that claimed it again since (a redelivered message) restamped its entry.
+# Returns the IDs put back.
+_REQUEUE = """
+local cutoff = tonumber(ARGV[1])
+local back = {}
+for i = 5, #ARGV, 7 do
+  local id = ARGV[i]
+  local claimed = redis.call('ZSCORE', KEYS[1], id)
+  if claimed and tonumber(claimed) <= cutoff then
+    local jk = ARGV[2] .. id
+    local rec = redis.call('HMGET', jk, 'status', 'token')
+    if rec[1] == 'running' and ARGV[i + 6] ~= '' then
+      if rec[2] then redis.call('SREM', ARGV[3] .. rec[2], id) end
+      redis.call('HSET', jk, 'status', 'queued')
+      redis.call('HDEL', jk, 'started_at', 'worker', 'token', 'stage')
+      redis.call('ZADD', ARGV[i + 1], ARGV[i + 2], id)
+      redis.call('LPUSH', ARGV[i + 3], ARGV[i + 4])
+      redis.call('HINCRBY', KEYS[2], 'jobs|requeued|' .. ARGV[i + 6], 1)
+      redis.call('PUBLISH', ARGV[4] .. id, 'changed')
+      redis.call('PUBLISH', ARGV[i + 5], 'queued ' .. id)
+      table.insert(back, id)
+    end
+    if rec[1] ~= 'running' or ARGV[i + 6] ~= '' then redis.call('ZREM', KEYS[1], id) end
+  end
+end
+return back
 """
 
 
@@ -418,7 +454,7 @@ class JobStore:
         then claim nothing (a claim made ahead, while a batch computes, would make that work
         wait one batch more)."""
         k = self.keys
-        keys = [k.queued(queue), k.claims(token), queue or k.claims(token), *others]
+        keys = [k.queued(queue), k.claims(token), queue or k.claims(token), k.running(), *others]
         args = [k.job(""), worker, token, max_jobs, max(window, max_jobs), self.claims_ttl_s,
                 k.job_events(""), k.queue_events(queue), mode, method, "1" if drop_spare else "0", k.claims(""),
                 "1" if backlog_only else "0", "1" if load else "0", "1" if yield_to_others else "0"]  # fmt: skip
@@ -503,6 +539,37 @@ class JobStore:
         results = pipe.execute()
         return [bool(results[i]) for i in marks]
 
+    def requeue_orphans(self, older_than_s: float, message_for, limit: int = 100) -> list[str]:
+        """Put back on their queues the running jobs claimed more than ``older_than_s`` ago, each
+        with a new Celery message from ``message_for(job_id, queue, model)``; returns their IDs.
+
+        No run outlives the hard time limit, and a message that a dead worker left unacknowledged
+        comes back within the visibility timeout and claims its jobs again (which restamps them).
+        A job still running past both has lost its message: Celery acknowledged it while Redis
+        could not record the job's end (``worker/tasks.fail_claims_through_outages``), or Redis
+        lost the unacknowledged record. Without this it would show ``running`` until its record
+        expired. Its position is its original one, and its next claim counts toward
+        ``max_deliveries``; the old token, should it ever run, finds the job no longer its own."""
+        k = self.keys
+        now_s, now_us = self.r.time()
+        cutoff = now_s + now_us / 1e6 - older_than_s
+        ids = [x.decode() for x in self.r.zrangebyscore(k.running(), "-inf", cutoff, start=0, num=limit)]
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.hmget(k.job(j), "status", "spec", "queue", "seq")
+        args = [repr(cutoff), k.job(""), k.claims(""), k.job_events("")]
+        for j, (status, spec, queue, seq) in zip(ids, pipe.execute(), strict=True):
+            if status != b"running" or not (spec and queue and seq):
+                args += [j, "", "", "", "", "", ""]  # gone or final: its entry is dropped
+                continue
+            spec, queue = JobSpec.model_validate_json(spec), queue.decode()
+            score = spec.priority.band * 1e12 + int(seq)  # as _CREATE scores it
+            message = message_for(j, queue, spec.model)
+            args += [j, k.queued(queue), repr(score), queue, message, k.queue_events(queue), k.model_of(queue)]
+        return [x.decode() for x in self.r.eval(_REQUEUE, 2, k.running(), k.metrics(), *args)]
+
     def claimed(self, token: str) -> list[str]:
         return [x.decode() for x in self.r.smembers(self.keys.claims(token))]
 
@@ -549,7 +616,7 @@ class JobStore:
         the body's compiled script all the same."""
         k = self.keys
         keys = [k.job(job_id), k.queued(queue), k.upload(job_id), k.completions(queue), k.metrics(),
-                k.job_events(job_id)]  # fmt: skip
+                k.job_events(job_id), k.running()]  # fmt: skip
         args = [job_id, status.value, self.job_ttl_s, field, value, k.model_of(queue)]
         pipe.eval(_FINISH, len(keys), *keys, *args)
 

@@ -35,6 +35,11 @@ class Keys:
         """Set: the jobs one Celery task (a token) has claimed and not yet released."""
         return f"{self.prefix}:claims:{token}"
 
+    def running(self) -> str:
+        """Sorted set: running job IDs, scored by their latest claim (Redis time): where the
+        orphan sweep looks for jobs that no Celery message will take back (worker/orphans.py)."""
+        return f"{self.prefix}:running"
+
     def completions(self, queue: str) -> str:
         """Sorted set: jobs of a queue finished in the last minute, by time (the drain rate)."""
         return f"{self.prefix}:done:{queue}"

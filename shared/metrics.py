@@ -29,6 +29,7 @@ JOB_COUNTERS = {
     "succeeded": "Jobs that succeeded",
     "failed": "Jobs that failed",
     "cancelled": "Jobs cancelled",
+    "requeued": "Running jobs put back on their queue after their Celery message was lost",
 }
 
 

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 0  # 0: never recycle
     max_deliveries: int = 3  # a job whose worker died this many times running it fails as poison
     unacked_restore_interval_s: int = 10  # how often a worker sweeps for jobs of workers that vanished
+    # A job still running this long after its claim has lost its Celery message (acknowledged
+    # while Redis could not record the job's end, or lost by Redis): a worker puts it back on its
+    # queue (worker/orphans.py). Above the visibility timeout, so Celery's own redelivery goes first.
+    orphan_after_s: int = 900
     fault_injection: bool = False  # chaos testing only: honour `segcam-fault` PNG text chunks
     result_expires_s: int = 3600
 
@@ -127,6 +131,14 @@ class Settings(BaseSettings):
         hard = info.data.get("task_time_limit_s", 0)
         if v <= hard:
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s, or jobs run twice")
+        return v
+
+    @field_validator("orphan_after_s")
+    @classmethod
+    def _orphans_after_redelivery(cls, v: int, info) -> int:
+        visibility = info.data.get("visibility_timeout_s", 0)
+        if v <= visibility:
+            raise ValueError("orphan_after_s must exceed visibility_timeout_s: Celery's own redelivery comes first")
         return v
 
     @property

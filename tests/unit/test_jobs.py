@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from pydantic import ValidationError
 
 from shared.artifacts import ArtifactStore
 from shared.jobs import Completed, JobRecord, JobStore
@@ -19,6 +22,7 @@ from shared.schemas import (
     ModelRef,
     Timings,
 )
+from shared.settings import Settings
 
 
 @pytest.fixture
@@ -334,3 +338,72 @@ def test_completing_one_batch_keeps_the_claims_of_the_next(store, rclient, prefi
     assert sorted(store.reclaim("t", "w2")) == [b, c]
     assert store.complete([], artifacts, token="t", claims=[b, c]) == []
     assert store.claimed("t") == []
+
+
+def _message(job_id: str, queue: str, model: str) -> bytes:
+    return f"token for {job_id} on {queue} ({model})".encode()
+
+
+def test_a_job_running_past_the_cutoff_goes_back_to_its_place_with_a_new_message(store):
+    """The orphan sweep (worker/orphans.py): a claim no message will take back is undone, the
+    job keeps its place in line, and the old token no longer owns it."""
+    first, second = "a" * 32, "b" * 32
+    q = store.keys.celery_queue("shapes")  # the broker list, under the test's prefix
+    store.create(first, SPEC, q, b"img")
+    store.create(second, SPEC, q, b"img")
+    assert store.claim(q, "tok1", "w1") == [first]
+    k = store.keys
+    assert store.r.zscore(k.running(), first) is not None
+    assert store.requeue_orphans(60, _message) == []  # claimed just now: its run may be live
+    assert store.get(first).status is JobStatus.running
+
+    assert store.requeue_orphans(-1, _message) == [first]  # a cutoff past its claim
+    rec = store.get(first)
+    assert rec.status is JobStatus.queued and rec.position == 0  # ahead of the job queued after it
+    assert (rec.worker, rec.token, rec.started_at, rec.stage, rec.deliveries) == (None, None, None, None, 1)
+    assert store.r.lrange(q, 0, -1) == [_message(first, q, "shapes")]
+    assert store.r.zscore(k.running(), first) is None and store.claimed("tok1") == []
+    assert store.r.hget(k.metrics(), "jobs|requeued|shapes") == b"1"
+
+    assert store.claim(q, "tok2", "w2") == [first]
+    assert store.get(first).deliveries == 2  # the next run counts toward max_deliveries
+    assert store.reclaim("tok1", "w1") == []  # the old token, should it run, finds nothing of its own
+
+
+def test_the_sweep_drops_the_entries_of_finished_and_expired_jobs_and_pushes_nothing(store):
+    done, gone = "c" * 32, "d" * 32
+    q = store.keys.celery_queue("shapes")
+    for j in (done, gone):
+        store.create(j, SPEC, q, b"img")
+    assert store.claim(q, "tok", "w", max_jobs=2) == [done, gone]
+    k = store.keys
+    assert store.succeed(done, q, RESULT)
+    assert store.r.zscore(k.running(), done) is None  # a final state leaves the index at once
+    store.r.delete(k.job(gone))  # its record expired
+    assert store.requeue_orphans(-1, _message) == []
+    assert store.r.zcard(k.running()) == 0 and store.r.llen(q) == 0
+
+
+def test_a_job_claimed_again_while_the_sweep_decides_stays_with_its_new_claim(store):
+    """The sweep reads, then acts in one script that checks the claim's time again: a
+    redelivered token that took the job back in between keeps it."""
+    job_id = "e" * 32
+    q = store.keys.celery_queue("shapes")
+    store.create(job_id, SPEC, q, b"img")
+    assert store.claim(q, "tok", "w1") == [job_id]
+    time.sleep(0.1)
+
+    def taken_back_meanwhile(j: str, queue: str, model: str) -> bytes:
+        assert store.reclaim("tok", "w2") == [job_id]  # restamps its claim
+        return _message(j, queue, model)
+
+    assert store.requeue_orphans(0.05, taken_back_meanwhile) == []
+    rec = store.get(job_id)
+    assert rec.status is JobStatus.running and rec.worker == "w2" and rec.deliveries == 2
+    assert store.claimed("tok") == [job_id] and store.r.llen(q) == 0
+    assert store.r.zscore(store.keys.running(), job_id) is not None
+
+
+def test_orphans_wait_for_celerys_own_redelivery():
+    with pytest.raises(ValidationError, match="orphan_after_s"):
+        Settings(visibility_timeout_s=600, orphan_after_s=600)

@@ -1,4 +1,4 @@
-"""Worker lifecycle: models load in the pool child; the heartbeat runs in the parent.
+"""Worker lifecycle: models load in the pool child; the heartbeat and the orphan sweep run in the parent.
 
 ``worker_process_init`` fires in the child after the fork, the only safe place to touch
 CUDA and load weights; ``worker_proc_alive_timeout`` is raised above the load time so
@@ -21,9 +21,11 @@ from shared.presence import Heartbeat
 from shared.redis_conn import get_redis
 from shared.settings import get_settings
 from worker import runtime
+from worker.orphans import OrphanSweep
 
 log = logging.getLogger("segcam.worker")
 _heartbeat: Heartbeat | None = None
+_orphans: OrphanSweep | None = None
 
 
 @signals.setup_logging.connect
@@ -56,6 +58,14 @@ def _start_heartbeat(sender=None, **_kwargs) -> None:
 
 
 @signals.worker_ready.connect
+def _start_orphan_sweep(**_kwargs) -> None:
+    global _orphans
+    settings = get_settings()
+    _orphans = OrphanSweep(runtime.job_store(settings), settings.orphan_after_s, settings.unacked_restore_interval_s)
+    _orphans.start()
+
+
+@signals.worker_ready.connect
 def _freeze_startup_objects(**_kwargs) -> None:
     """The parent imported torch with the task module: its start-up objects are permanent, and
     a full collection walking them (~200 ms) would stall the delivery of the next job."""
@@ -65,5 +75,7 @@ def _freeze_startup_objects(**_kwargs) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_kwargs) -> None:
+    if _orphans is not None:
+        _orphans.stop()
     if _heartbeat is not None:
         _heartbeat.stop()

@@ -85,7 +85,9 @@ def fail_claims_through_outages(token: str, message: str) -> None:
     timed-out message anyway, and that ack meets the same outage: refused (memory full, read
     only), it stops the worker, which the launcher or compose restarts; with the connection
     lost, the consumer reconnects. Either way the message stays unacknowledged until the
-    visibility timeout brings it back, and its next run takes the claims back."""
+    visibility timeout brings it back, and its next run takes the claims back. Should the ack
+    go through instead (the outage ended just then), the orphan sweep puts the jobs back on
+    their queue (``worker/orphans.py``)."""
     s = get_settings()
     through_outages(
         lambda: fail_claims(token, message),

@@ -5,6 +5,7 @@ Faults are injected with PNG text chunks (worker/faults.py), enabled only for th
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -33,7 +34,8 @@ LIMITS = {
     "SEGCAM_DRAIN_S": "0.5",  # a job a continuing task claims shares its time limit (see Settings)
     "SEGCAM_TASK_TIME_LIMIT_S": "6",
     "SEGCAM_VISIBILITY_TIMEOUT_S": "8",
-    "SEGCAM_UNACKED_RESTORE_INTERVAL_S": "1",
+    "SEGCAM_UNACKED_RESTORE_INTERVAL_S": "1",  # also the orphan sweep's interval
+    "SEGCAM_ORPHAN_AFTER_S": "12",
 }
 
 
@@ -256,3 +258,38 @@ def test_whole_worker_killed_its_job_comes_back_and_completes_on_another_worker(
     assert final["status"] == "succeeded" and final["attempts"] == 2
     assert store.get(jid).worker != victim_name
     assert took < 8 + 1 + 10, f"came back after {took:.1f}s (visibility timeout 8 s)"
+
+
+def _acknowledge_behind_celerys_back(r: redis.Redis, token: str) -> int:
+    """Take the token's message out of kombu's unacknowledged record (as Celery's ack after a
+    hard limit in a Redis outage, or a failover, would): no redelivery will come."""
+    gone = 0
+    for tag, raw in r.hgetall("unacked").items():
+        if json.loads(raw)[0]["headers"]["id"] == token:
+            gone += r.hdel("unacked", tag)
+            r.zrem("unacked_index", tag)
+    return gone
+
+
+def _requeued(r: redis.Redis, prefix: str) -> int:
+    return sum(int(v) for f, v in r.hgetall(Keys(prefix).metrics()).items() if f.startswith(b"jobs|requeued|"))
+
+
+def test_a_job_whose_message_was_lost_is_queued_again_and_completes(chaos):
+    """The whole worker dies mid-job and its message is gone as well: only the orphan sweep
+    (worker/orphans.py) can bring the job back, once its claim is SEGCAM_ORPHAN_AFTER_S old."""
+    r = redis.Redis.from_url(chaos.env["SEGCAM_REDIS_URL"])
+    store = JobStore(r, Keys(chaos.prefix), 60, 60)
+    before = _requeued(r, chaos.prefix)
+    jid = submit(chaos.url, scene_png(210, fault="sleep:3@preprocess"))["id"]
+    wait_until(lambda: job(chaos.url, jid)["status"] == "running", 20, "job running")
+    rec = store.get(jid)
+    killed_at = time.monotonic()
+    os.killpg(chaos.workers.pop(rec.worker).pid, signal.SIGKILL)
+    assert _acknowledge_behind_celerys_back(r, rec.token) == 1
+    chaos.workers["w3@chaos"] = chaos.worker("w3@chaos")  # whatever else the earlier tests left
+    final = wait_final(chaos.url, jid, timeout=60)
+    took = time.monotonic() - killed_at
+    print(f"\nworker {rec.worker} killed and its message dropped; the job completed {took:.1f}s later (orphans 12 s)")
+    assert final["status"] == "succeeded" and final["attempts"] == 2, final
+    assert _requeued(r, chaos.prefix) - before == 1  # the sweep brought it back, nothing else

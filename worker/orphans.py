@@ -1,0 +1,59 @@
+"""The sweep for running jobs whose Celery message is gone; it runs in the worker's parent.
+
+A job's message is what brings it back after its worker dies: acknowledged late, it stays
+among kombu's unacknowledged until the visibility timeout returns it. Two ways lose it
+with the job unfinished: Celery acknowledges a message whose task ended while Redis could not
+record the job's end (``worker/tasks.fail_claims_through_outages``: an outage that ends just
+as the hook gives up), and a Redis that restarts or fails over without the unacknowledged
+record. Such a job would show ``running`` until its record expired. Every worker sweeps
+(each sweep is one script, so two workers never put a job back twice), as every worker's
+kombu sweeps for the messages of vanished workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+import redis
+
+from shared.celery_app import TASK_SEGMENT, app, task_message
+from shared.jobs import JobStore
+from shared.logs import job_context
+
+log = logging.getLogger("segcam.worker")
+
+
+def new_message(job_id: str, queue: str, model: str) -> bytes:
+    """A fresh token for the job, as the gateway sends one (a new task ID: the old token's
+    message may still exist somewhere, and its claims are not this one's)."""
+    return task_message(app, TASK_SEGMENT, uuid.uuid4().hex, queue, {"model": model, "job_id": job_id})
+
+
+class OrphanSweep(threading.Thread):
+    def __init__(self, jobs: JobStore, older_than_s: float, interval_s: float) -> None:
+        super().__init__(name="segcam-orphans", daemon=True)
+        self.jobs = jobs
+        self.older_than_s = older_than_s
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+
+    def sweep(self) -> list[str]:
+        try:
+            back = self.jobs.requeue_orphans(self.older_than_s, new_message)
+        except redis.RedisError as e:  # the next sweep tries again
+            log.warning("orphan sweep failed: %s", e)
+            return []
+        for job_id in back:
+            with job_context(job_id):
+                log.warning("still running %.0f s after its claim, with no message left to take it back: "
+                            "queued again", self.older_than_s)  # fmt: skip
+        return back
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sweep()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -27,7 +27,7 @@ class Heartbeat(threading.Thread):
         self.worker = name
         self.payload = json.dumps({**payload, "name": name})
         self.interval_s = interval_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def beat(self) -> None:
         ttl_s = self.interval_s * 3
@@ -43,11 +43,11 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         self.beat()
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             self.beat()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         try:
             self.client.delete(self.keys.worker(self.worker))
             self.client.zrem(self.keys.workers(), self.worker)

@@ -37,7 +37,7 @@ class OrphanSweep(threading.Thread):
         self.jobs = jobs
         self.older_than_s = older_than_s
         self.interval_s = interval_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sweep(self) -> list[str]:
         try:
@@ -52,8 +52,8 @@ class OrphanSweep(threading.Thread):
         return back
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             self.sweep()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

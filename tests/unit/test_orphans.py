@@ -1,0 +1,64 @@
+"""The orphan sweep's thread (worker/orphans.py) on the real Redis; the store's side of it is in
+``tests/unit/test_jobs.py``, a real worker's in ``tests/integration/test_faults.py``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import redis
+
+from shared.celery_app import TASK_SEGMENT
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.schemas import ImageInfo, JobSpec, JobStatus
+from stack.local import free_port
+from worker.orphans import OrphanSweep
+
+SPEC = JobSpec(model="shapes", model_version="1", image=ImageInfo(format="PNG", width=4, height=4, bytes=10))
+
+
+def _claimed_job(rclient, prefix: str) -> tuple[JobStore, str, str]:
+    store = JobStore(rclient, Keys(prefix), job_ttl_s=60, upload_ttl_s=60)
+    queue, job_id = store.keys.celery_queue("shapes"), "f" * 32
+    store.create(job_id, SPEC, queue, b"img")
+    assert store.claim(queue, "tok", "w1") == [job_id]
+    return store, queue, job_id
+
+
+def test_the_sweep_requeues_with_a_fresh_token_for_the_jobs_model(rclient, prefix):
+    store, queue, job_id = _claimed_job(rclient, prefix)
+    sweep = OrphanSweep(store, older_than_s=-1, interval_s=60)
+    assert sweep.sweep() == [job_id]
+    (raw,) = rclient.lrange(queue, 0, -1)
+    msg = json.loads(raw)
+    body = json.loads(base64.b64decode(msg["body"]))
+    assert msg["headers"]["task"] == TASK_SEGMENT and body[1] == {"model": "shapes", "job_id": job_id}
+    assert msg["headers"]["id"] not in (job_id, "tok")  # a token of its own: the old one's claims are not its
+    assert msg["properties"]["delivery_info"]["routing_key"] == queue
+    assert store.get(job_id).status is JobStatus.queued
+
+
+def test_the_thread_sweeps_every_interval_until_stopped(rclient, prefix):
+    store, _, job_id = _claimed_job(rclient, prefix)
+    sweep = OrphanSweep(store, older_than_s=0.2, interval_s=0.05)
+    sweep.start()
+    try:
+        deadline = time.monotonic() + 5
+        while store.get(job_id).status is not JobStatus.queued:
+            assert time.monotonic() < deadline, "never swept"
+            time.sleep(0.05)
+    finally:
+        sweep.stop()
+        sweep.join(timeout=2)
+    assert not sweep.is_alive()
+
+
+def test_a_sweep_that_cannot_reach_redis_logs_and_waits_for_the_next(prefix, caplog):
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    sweep = OrphanSweep(JobStore(dead, Keys(prefix), 60, 60), older_than_s=1, interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="segcam.worker"):
+        assert sweep.sweep() == []
+    assert "orphan sweep failed" in caplog.text

@@ -549,7 +549,8 @@ class JobStore:
         could not record the job's end (``worker/tasks.fail_claims_through_outages``), or Redis
         lost the unacknowledged record. Without this it would show ``running`` until its record
         expired. Its position is its original one, and its next claim counts toward
-        ``max_deliveries``; the old token, should it ever run, finds the job no longer its own."""
+        ``max_deliveries``; the old token, should it ever run, finds the job no longer its own.
+        A job whose cancellation was requested while it ran ends ``cancelled`` instead."""
         k = self.keys
         now_s, now_us = self.r.time()
         cutoff = now_s + now_us / 1e6 - older_than_s
@@ -558,16 +559,21 @@ class JobStore:
             return []
         pipe = self.r.pipeline(transaction=False)
         for j in ids:
-            pipe.hmget(k.job(j), "status", "spec", "queue", "seq")
+            pipe.hmget(k.job(j), "status", "spec", "queue", "seq", "cancel_requested")
         args = [repr(cutoff), k.job(""), k.claims(""), k.job_events("")]
-        for j, (status, spec, queue, seq) in zip(ids, pipe.execute(), strict=True):
+        for j, (status, spec, queue, seq, cancel) in zip(ids, pipe.execute(), strict=True):
             if status != b"running" or not (spec and queue and seq):
                 args += [j, "", "", "", "", "", ""]  # gone or final: its entry is dropped
                 continue
             spec, queue = JobSpec.model_validate_json(spec), queue.decode()
+            if cancel:  # its client no longer wants it (a final state leaves the index)
+                self.mark_cancelled(j, queue)
+                continue
             score = spec.priority.band * 1e12 + int(seq)  # as _CREATE scores it
             message = message_for(j, queue, spec.model)
             args += [j, k.queued(queue), repr(score), queue, message, k.queue_events(queue), k.model_of(queue)]
+        if len(args) == 4:  # every one of them cancelled
+            return []
         return [x.decode() for x in self.r.eval(_REQUEUE, 2, k.running(), k.metrics(), *args)]
 
     def claimed(self, token: str) -> list[str]:

@@ -384,6 +384,18 @@ def test_the_sweep_drops_the_entries_of_finished_and_expired_jobs_and_pushes_not
     assert store.r.zcard(k.running()) == 0 and store.r.llen(q) == 0
 
 
+def test_an_orphan_whose_cancellation_was_requested_ends_cancelled_instead(store):
+    job_id = "f" * 32
+    q = store.keys.celery_queue("shapes")
+    store.create(job_id, SPEC, q, b"img")
+    assert store.claim(q, "tok", "w1") == [job_id]
+    assert store.cancel(job_id, q) == "cancelling"
+    assert store.requeue_orphans(-1, _message) == []
+    rec = store.get(job_id)
+    assert rec.status is JobStatus.cancelled and rec.error.code == "cancelled"
+    assert store.r.llen(q) == 0 and store.r.zscore(store.keys.running(), job_id) is None
+
+
 def test_a_job_claimed_again_while_the_sweep_decides_stays_with_its_new_claim(store):
     """The sweep reads, then acts in one script that checks the claim's time again: a
     redelivered token that took the job back in between keeps it."""

@@ -260,6 +260,32 @@ return back
 """
 
 
+# KEYS: queued zset, broker list, kombu's unacknowledged hash. ARGV: the queue's name and channel,
+# then Celery messages to push (none: only count). Every queued job is owed a message: one in the
+# list, or one a worker holds unacknowledged and has yet to claim with (counted as such even when
+# its task has claimed already, so a deficit can show only late, never early). Returns {short,
+# pushed, the IDs of the first `short` queued jobs}.
+_TOP_UP = """
+local short = redis.call('ZCARD', KEYS[1]) - redis.call('LLEN', KEYS[2])
+if short > 0 then  -- the usual answer, found without reading what every worker holds
+  for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
+    local ok, entry = pcall(cjson.decode, raw)  -- [message, exchange, routing key]
+    if ok and type(entry) == 'table' and entry[3] == ARGV[1] then short = short - 1 end
+  end
+end
+local pushed = 0
+for i = 3, #ARGV do
+  if pushed >= short then break end
+  redis.call('LPUSH', KEYS[2], ARGV[i])
+  pushed = pushed + 1
+end
+local heads = {}
+if short > 0 then heads = redis.call('ZRANGE', KEYS[1], 0, short - 1) end
+if pushed > 0 then redis.call('PUBLISH', ARGV[2], 'queued ' .. heads[1]) end  -- a lingering task hears it
+return {short, pushed, heads}
+"""
+
+
 @dataclass
 class Completed:
     """A job that succeeded on a worker, ready to be recorded."""
@@ -575,6 +601,26 @@ class JobStore:
         if len(args) == 4:  # every one of them cancelled
             return []
         return [x.decode() for x in self.r.eval(_REQUEUE, 2, k.running(), k.metrics(), *args)]
+
+    def top_up_tokens(self, queue: str, message_for, unacked_key: str = "unacked") -> int:
+        """Give ``queue``'s queued jobs the messages they are owed; returns how many were pushed.
+
+        The gateway creates each job with its message, and a take that claims extra jobs takes
+        only as many messages off, so every queued job has one, but kombu can still lose one: a
+        worker killed between the BRPOP that took a message and its write of the
+        unacknowledged record. The job would then stay ``queued`` until some later submission's
+        message ran it. An extra message is harmless (its task finds nothing and ends), a
+        missing one is not. A message a worker holds is counted as owed to a queued job even once
+        its task has claimed, so a deficit shows late rather than early (early by one only while a
+        message is between a BRPOP and its unacknowledged record, and then the extra is harmless)."""
+        k = self.keys
+        keys = [k.queued(queue), queue, unacked_key]
+        short, _, heads = self.r.eval(_TOP_UP, 3, *keys, queue, k.queue_events(queue))
+        if short <= 0:
+            return 0
+        model = k.model_of(queue)
+        messages = [message_for(j.decode(), queue, model) for j in heads]
+        return int(self.r.eval(_TOP_UP, 3, *keys, queue, k.queue_events(queue), *messages)[1])
 
     def claimed(self, token: str) -> list[str]:
         return [x.decode() for x in self.r.smembers(self.keys.claims(token))]

@@ -1,13 +1,15 @@
-"""The sweep for running jobs whose Celery message is gone; it runs in the worker's parent.
+"""The sweep for jobs whose Celery message is gone; it runs in the worker's parent.
 
 A job's message is what brings it back after its worker dies: acknowledged late, it stays
-among kombu's unacknowledged until the visibility timeout returns it. Two ways lose it
-with the job unfinished: Celery acknowledges a message whose task ended while Redis could not
-record the job's end (``worker/tasks.fail_claims_through_outages``: an outage that ends just
-as the hook gives up), and a Redis that restarts or fails over without the unacknowledged
-record. Such a job would show ``running`` until its record expired. Every worker sweeps
-(each sweep is one script, so two workers never put a job back twice), as every worker's
-kombu sweeps for the messages of vanished workers.
+among kombu's unacknowledged until the visibility timeout returns it. A running job loses it
+when Celery acknowledges a message whose task ended while Redis could not record the job's end
+(``worker/tasks.fail_claims_through_outages``: an outage that ends just as the hook gives up),
+or when a Redis restarts or fails over without the unacknowledged record: the job would show
+``running`` until its record expired. A queued job loses it when a worker dies between the
+BRPOP that took it and kombu's write of the unacknowledged record: the job would wait for a
+later submission's message. Every worker sweeps the running jobs and its own queues, each step
+one script, so two workers never put a job back twice, as every worker's kombu sweeps for the
+messages of vanished workers.
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ def new_message(job_id: str, queue: str, model: str) -> bytes:
 
 
 class OrphanSweep(threading.Thread):
-    def __init__(self, jobs: JobStore, older_than_s: float, interval_s: float) -> None:
+    def __init__(self, jobs: JobStore, older_than_s: float, interval_s: float, queues: tuple[str, ...] = ()) -> None:
         super().__init__(name="segcam-orphans", daemon=True)
         self.jobs = jobs
+        self.queues = queues
         self.older_than_s = older_than_s
         self.interval_s = interval_s
         self._halt = threading.Event()
 
     def sweep(self) -> list[str]:
+        """The running jobs put back (the queued ones given a message are only logged)."""
         try:
             back = self.jobs.requeue_orphans(self.older_than_s, new_message)
+            topped = {q: n for q in self.queues if (n := self.jobs.top_up_tokens(q, new_message))}
         except redis.RedisError as e:  # the next sweep tries again
             log.warning("orphan sweep failed: %s", e)
             return []
@@ -49,6 +54,8 @@ class OrphanSweep(threading.Thread):
             with job_context(job_id):
                 log.warning("still running %.0f s after its claim, with no message left to take it back: "
                             "queued again", self.older_than_s)  # fmt: skip
+        for queue, n in topped.items():
+            log.warning("%d queued job(s) of %s had no message; each got a new one", n, queue)
         return back
 
     def run(self) -> None:

@@ -61,7 +61,11 @@ def _start_heartbeat(sender=None, **_kwargs) -> None:
 def _start_orphan_sweep(**_kwargs) -> None:
     global _orphans
     settings = get_settings()
-    _orphans = OrphanSweep(runtime.job_store(settings), settings.orphan_after_s, settings.unacked_restore_interval_s)
+    keys = Keys(settings.key_prefix)
+    queues = tuple(keys.celery_queue(m) for m in runtime.served_models(settings, ModelStore(settings.model_dir)))
+    _orphans = OrphanSweep(
+        runtime.job_store(settings), settings.orphan_after_s, settings.unacked_restore_interval_s, queues
+    )
     _orphans.start()
 
 

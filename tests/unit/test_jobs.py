@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -419,3 +420,21 @@ def test_a_job_claimed_again_while_the_sweep_decides_stays_with_its_new_claim(st
 def test_orphans_wait_for_celerys_own_redelivery():
     with pytest.raises(ValidationError, match="orphan_after_s"):
         Settings(visibility_timeout_s=600, orphan_after_s=600)
+
+
+def test_queued_jobs_whose_messages_were_lost_get_new_ones_and_no_more(store, prefix):
+    q = store.keys.celery_queue("shapes")
+    ids = [f"{i:032x}" for i in range(3)]
+    for j in ids:
+        store.create(j, SPEC, q, b"img", message=b"token " + j.encode())
+    unacked = f"{prefix}:unacked"  # kombu's hash, under the test's prefix
+    assert store.top_up_tokens(q, _message, unacked) == 0  # one message each
+    taken = store.r.rpop(q)  # a worker's BRPOP takes the oldest...
+    store.r.hset(unacked, "tag1", json.dumps([taken.decode(), "", q]))  # ...and records it unacknowledged
+    assert store.top_up_tokens(q, _message, unacked) == 0
+    store.r.hdel(unacked, "tag1")  # killed between the two: the message is gone
+    assert store.top_up_tokens(q, _message, unacked) == 1
+    assert store.r.lrange(q, 0, 0) == [_message(ids[0], q, "shapes")]  # the head job's hint
+    assert store.top_up_tokens(q, _message, unacked) == 0  # owed no more
+    assert store.cancel(ids[2], q) == "cancelled"  # its message is spare now: nothing is pushed
+    assert store.top_up_tokens(q, _message, unacked) == 0 and store.r.llen(q) == 3

@@ -62,3 +62,15 @@ def test_a_sweep_that_cannot_reach_redis_logs_and_waits_for_the_next(prefix, cap
     with caplog.at_level(logging.WARNING, logger="segcam.worker"):
         assert sweep.sweep() == []
     assert "orphan sweep failed" in caplog.text
+
+
+def test_the_sweep_gives_its_queues_queued_jobs_the_messages_they_lack(rclient, prefix, caplog):
+    store = JobStore(rclient, Keys(prefix), job_ttl_s=60, upload_ttl_s=60)
+    queue = store.keys.celery_queue("shapes")
+    store.create("a" * 32, SPEC, queue, b"img")  # no message: as if a worker's BRPOP lost it
+    with caplog.at_level(logging.WARNING, logger="segcam.worker"):
+        assert OrphanSweep(store, older_than_s=60, interval_s=60, queues=(queue,)).sweep() == []
+    (raw,) = rclient.lrange(queue, 0, -1)
+    assert json.loads(base64.b64decode(json.loads(raw)["body"]))[1] == {"model": "shapes", "job_id": "a" * 32}
+    assert "had no message" in caplog.text
+    assert OrphanSweep(store, older_than_s=60, interval_s=60).sweep() == [] and rclient.llen(queue) == 1

@@ -263,8 +263,8 @@ return back
 # KEYS: queued zset, broker list, kombu's unacknowledged hash. ARGV: the queue's name and channel,
 # then Celery messages to push (none: only count). Every queued job is owed a message: one in the
 # list, or one a worker holds unacknowledged and has yet to claim with (counted as such even when
-# its task has claimed already, so a deficit can show only late, never early). Returns {short,
-# pushed, the IDs of the first `short` queued jobs}.
+# its task has claimed already, so a deficit shows late rather than early; see top_up_tokens).
+# Returns {short, pushed, the IDs of the first `short` queued jobs}.
 _TOP_UP = """
 local short = redis.call('ZCARD', KEYS[1]) - redis.call('LLEN', KEYS[2])
 if short > 0 then  -- the usual answer, found without reading what every worker holds

@@ -42,27 +42,16 @@ def _load_models(**_kwargs) -> None:
 
 
 @signals.worker_ready.connect
-def _start_heartbeat(sender=None, **_kwargs) -> None:
-    global _heartbeat
+def _start_parent_threads(sender=None, **_kwargs) -> None:
+    global _heartbeat, _orphans
     settings = get_settings()
     hostname = getattr(sender, "hostname", None) or os.environ.get("SEGCAM_WORKER_NAME", "worker")
-    payload = {
-        "device": settings.device,
-        "models": runtime.served_models(settings, ModelStore(settings.model_dir)),
-        "pid": os.getpid(),
-        "started_at": time.time(),
-    }
+    models = runtime.served_models(settings, ModelStore(settings.model_dir))
+    payload = {"device": settings.device, "models": models, "pid": os.getpid(), "started_at": time.time()}
     keys = Keys(settings.key_prefix)
     _heartbeat = Heartbeat(get_redis(settings), keys, hostname, payload, settings.worker_heartbeat_s)
     _heartbeat.start()
-
-
-@signals.worker_ready.connect
-def _start_orphan_sweep(**_kwargs) -> None:
-    global _orphans
-    settings = get_settings()
-    keys = Keys(settings.key_prefix)
-    queues = tuple(keys.celery_queue(m) for m in runtime.served_models(settings, ModelStore(settings.model_dir)))
+    queues = tuple(keys.celery_queue(m) for m in models)
     _orphans = OrphanSweep(
         runtime.job_store(settings), settings.orphan_after_s, settings.unacked_restore_interval_s, queues
     )
@@ -78,7 +67,7 @@ def _freeze_startup_objects(**_kwargs) -> None:
 
 
 @signals.worker_shutdown.connect
-def _stop_heartbeat(**_kwargs) -> None:
+def _stop_parent_threads(**_kwargs) -> None:
     if _orphans is not None:
         _orphans.stop()
     if _heartbeat is not None:

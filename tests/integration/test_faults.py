@@ -257,6 +257,9 @@ def test_a_queued_job_whose_message_was_lost_gets_a_new_one_and_completes(chaos)
     queue = Keys(chaos.prefix).celery_queue(job(chaos.url, jid)["model"])
     (lost,) = [m for m in r.lrange(queue, 0, -1) if json.loads(m)["headers"]["id"] == jid]
     assert r.lrem(queue, 1, lost) == 1
+    # What the sweep's count rests on: kombu records each message a worker holds under its queue.
+    held = [json.loads(v)[2] for v in r.hvals("unacked")]
+    assert held.count(queue) == 2 and all(job(chaos.url, b)["status"] == "running" for b in busy)
     final = wait_final(chaos.url, jid, timeout=60)
     assert final["status"] == "succeeded" and final["attempts"] == 1, final
     assert all(wait_final(chaos.url, b)["status"] == "succeeded" for b in busy)

@@ -13,11 +13,10 @@ import redis
 from shared.celery_app import TASK_SEGMENT
 from shared.jobs import JobStore
 from shared.keys import Keys
-from shared.schemas import ImageInfo, JobSpec, JobStatus
+from shared.schemas import JobStatus
 from stack.local import free_port
+from tests.unit.test_jobs import SPEC
 from worker.orphans import OrphanSweep
-
-SPEC = JobSpec(model="shapes", model_version="1", image=ImageInfo(format="PNG", width=4, height=4, bytes=10))
 
 
 def _claimed_job(rclient, prefix: str) -> tuple[JobStore, str, str]:

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -67,21 +68,25 @@ def run_ok(url: str, seed: int = 0) -> dict:
     return final
 
 
-def _pair_state(url: str, ids: list[str]) -> str | None:
-    statuses = [job(url, i)["status"] for i in ids]
-    if all(s == "running" for s in statuses):
-        return "both running"
-    return "one ended first" if any(s in FINAL_STATUSES for s in statuses) else None
+def _pair_state(url: str, ids: list[str], seconds: float) -> str | None:
+    views = [job(url, i) for i in ids]
+    if all(v["status"] == "running" for v in views):
+        starts = [datetime.fromisoformat(v["started_at"]).timestamp() for v in views]
+        # Started far apart, the first may end within moments of this look: not "busy" enough.
+        return "both running" if max(starts) - min(starts) < seconds / 2 else "started far apart"
+    return "one ended first" if any(v["status"] in FINAL_STATUSES for v in views) else None
 
 
 def occupy_both_workers(url: str, seed: int, seconds: float, tries: int = 3) -> list[str]:
-    """Two sleeping jobs running at once, one per worker: what a test needs before it queues a
-    job that no worker may take. A worker whose pool child an earlier test's fault is still
-    replacing takes its job late (a child's start took 4 s on two busy cores), and then the other
-    worker can finish its job and take the second one itself; the pair is then tried again."""
+    """Two sleeping jobs running at once, one per worker, each with most of its sleep ahead:
+    what a test needs before it queues a job that no worker may take. A worker whose pool child
+    an earlier test's fault is still replacing takes its job late (a child's start took 3-4 s on
+    two busy cores): then the other worker can finish its job and take the second one itself,
+    or both run only for the moments before the first ends (once in CI: 55 ms, and the test
+    behind it read the state of one busy worker). The pair is then tried again."""
     for t in range(tries):
         busy = [submit(url, scene_png(seed + 2 * t + i, fault=f"sleep:{seconds}@preprocess"))["id"] for i in range(2)]
-        if wait_until(partial(_pair_state, url, busy), 20, "both workers busy") == "both running":
+        if wait_until(partial(_pair_state, url, busy, seconds), 20, "both workers busy") == "both running":
             return busy
         for b in busy:
             wait_final(url, b)

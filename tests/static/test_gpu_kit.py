@@ -9,6 +9,8 @@ import re
 import tomllib
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import ROOT
 
@@ -18,18 +20,13 @@ pytestmark = pytest.mark.static
 IMAGE_BRINGS = {"torch", "torchvision", "numpy", "pillow", "httpx"}
 
 
-def _name(requirement: str) -> str:
-    """The distribution name, normalised as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", re.split(r"[\[=<>!~; ]", requirement, maxsplit=1)[0]).lower()
-
-
 def kit_pins() -> dict[str, str]:
     text = (ROOT / "benchmarks" / "gpu" / "kit.sh").read_text()
     downloads = re.search(r"^PKGS=\((.*?)^\)", text, re.S | re.M)
     built = re.search(r"-m pip wheel[^\n]*", text)
     assert downloads and built, "kit.sh no longer has its PKGS list and its pip wheel line"
     pins = re.findall(r"([A-Za-z0-9_.\-]+)==(\S+)", downloads.group(1) + " " + built.group(0))
-    return {_name(n): v for n, v in pins}
+    return {canonicalize_name(n): v for n, v in pins}
 
 
 def project_requirements() -> list[str]:
@@ -40,14 +37,14 @@ def project_requirements() -> list[str]:
 def test_the_kit_pins_every_runtime_dependency_the_image_lacks_at_the_projects_version():
     kit = kit_pins()
     checked = 0
-    for req in project_requirements():
-        name = _name(req)
+    for req in map(Requirement, project_requirements()):
+        name = canonicalize_name(req.name)
         if name in IMAGE_BRINGS:
             continue
         assert name in kit, f"{name} ({req}) is a runtime dependency that the GPU kit does not pack"
-        pinned = re.search(r"==\s*([^\s;,]+)", req)
-        assert pinned, f"{req}: a dependency the kit packs needs an exact pin in pyproject, as the kit has"
-        assert kit[name] == pinned.group(1), f"kit.sh packs {name}=={kit[name]}, pyproject pins {req}"
+        pins = [s.version for s in req.specifier if s.operator == "=="]
+        assert pins, f"{req}: a dependency the kit packs needs an exact pin in pyproject, as the kit has"
+        assert kit[name] == pins[0], f"kit.sh packs {name}=={kit[name]}, pyproject pins {req}"
         checked += 1
     assert checked >= 8  # fastapi, uvicorn, python-multipart, celery, kombu, redis, pydantic(-settings), grad-cam
 
@@ -55,4 +52,3 @@ def test_the_kit_pins_every_runtime_dependency_the_image_lacks_at_the_projects_v
 def test_the_kit_parser_sees_the_pins_it_must_compare():
     kit = kit_pins()
     assert kit["grad-cam"] == "1.5.7" and kit["starlette"] and kit["pydantic-core"]
-    assert _name("celery[redis]==5.7.0") == "celery" and _name("pydantic_core") == "pydantic-core"

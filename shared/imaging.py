@@ -40,7 +40,10 @@ def inspect(data: bytes, *, max_pixels: int, max_side: int, allowed_formats: tup
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected(413, "image_too_large", "image dimensions exceed the pixel limit") from None
+        # Pillow's guard fires before the size reaches us; it is above max_pixels (Settings).
+        raise ImageRejected(
+            413, "image_too_large", f"image exceeds the limit of {max_pixels} pixels and {max_side} pixels per side"
+        ) from None
     except UnidentifiedImageError:
         raise ImageRejected(
             415, "not_an_image", f"the upload is not an image in a supported format ({', '.join(allowed_formats)})"

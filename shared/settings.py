@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_base_url: str = ""  # prefix for artifact URLs; empty: relative URLs
     max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    # At most Pillow's decompression-bomb guard, which the gateway turns into a refusal: a
+    # higher cap would be a promise that Pillow breaks.
+    max_pixels: int = Field(40_000_000, ge=1, le=89_478_485)
     max_side: int = 16_384
     allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
     max_field_chars: int = 256  # longest accepted form field value

@@ -5,8 +5,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from shared.imaging import ImageRejected, decode_rgb, inspect
+from shared.settings import Settings
 
 CAPS = dict(max_pixels=1_000_000, max_side=4096, allowed_formats=("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"))
 
@@ -49,6 +51,22 @@ def test_pixel_cap_is_checked_from_the_header_before_decoding():
     with pytest.raises(ImageRejected) as e:
         inspect(data, **CAPS)
     assert e.value.status == 413 and e.value.code == "image_too_large"
+    assert "2000x1000" in e.value.message and f"{CAPS['max_pixels']} pixels" in e.value.message
+
+
+def test_a_decompression_bomb_names_the_limit_too():
+    data = encode(Image.new("1", (20_000, 20_000)), "PNG")  # over Pillow's own guard: refused before our check
+    with pytest.raises(ImageRejected) as e:
+        inspect(data, **{**CAPS, "max_side": 50_000, "max_pixels": 89_478_485})
+    assert e.value.status == 413 and e.value.code == "image_too_large"
+    assert "89478485 pixels" in e.value.message
+
+
+def test_a_pixel_cap_above_pillows_guard_is_refused_at_start_up():
+    guard = Image.MAX_IMAGE_PIXELS  # Settings' bound, should a Pillow upgrade move it
+    assert Settings(max_pixels=guard).max_pixels == guard
+    with pytest.raises(ValidationError, match="max_pixels"):
+        Settings(max_pixels=guard + 1)
 
 
 def test_disallowed_format_is_refused():

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from shared.model_store import ModelNotFound, ModelStore, Normalization, StoreError
+from pydantic import ValidationError
+
+from shared.model_store import ModelNotFound, ModelStore, Normalization, StoreError, read_labels
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -18,7 +20,13 @@ def _store(args: argparse.Namespace) -> ModelStore:
 
 def _size(text: str) -> tuple[int, int]:
     h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
+    try:
+        size = int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected HxW or N, e.g. 520x520") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError("sides must be positive")
+    return size
 
 
 def _floats(text: str) -> tuple[float, float, float]:
@@ -47,19 +55,32 @@ def cmd_show(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from worker.model_import import import_model, read_labels
-
+    # Every check that needs no torch comes first: verifying the weights imports torch and runs
+    # the model, seconds that a mistyped name or an existing version should not cost.
+    bad_meta = [kv for kv in args.meta if "=" not in kv]
+    if bad_meta:
+        raise StoreError(f"--meta takes KEY=VALUE, got {bad_meta[0]!r}")
     meta = dict(kv.split("=", 1) for kv in args.meta)
     norm = Normalization(mean=args.mean, std=args.std) if args.mean and args.std else None
+    labels = read_labels(Path(args.labels))
+    weights = Path(args.weights)
+    if not weights.is_file():
+        raise StoreError(f"{weights}: no such file")
+    store = _store(args)
+    version = args.version or store.next_version(args.name)
+    store.check_new_version(args.name, version)
+
+    from worker.model_import import import_model
+
     m = import_model(
-        _store(args),
-        Path(args.weights),
+        store,
+        weights,
         name=args.name,
         architecture=args.arch,
-        labels=read_labels(Path(args.labels)),
-        version=args.version,
+        labels=labels,
+        version=version,
         fmt=args.format,
-        input_size=_size(args.input_size) if args.input_size else None,
+        input_size=args.input_size,
         normalization=norm,
         target_layer=args.target_layer,
         metadata=meta,
@@ -117,7 +138,7 @@ def add_parser(sub) -> None:
     imp.add_argument("--labels", required=True, help="file: one label per line, or a JSON list")
     imp.add_argument("--version")
     imp.add_argument("--format", choices=["state_dict", "torchscript"], help="default: detected")
-    imp.add_argument("--input-size", help="HxW or N (default per architecture)")
+    imp.add_argument("--input-size", type=_size, help="HxW or N (default per architecture)")
     imp.add_argument("--mean", type=_floats)
     imp.add_argument("--std", type=_floats)
     imp.add_argument("--target-layer")
@@ -147,4 +168,8 @@ def run(args) -> int:
         return args.func(args)
     except (StoreError, ModelNotFound, FileNotFoundError) as e:
         print(f"segcam models: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # a manifest field out of range (--mean, --std, --input-size)
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        print(f"segcam models: {problems}", file=sys.stderr)
         return 2

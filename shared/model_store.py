@@ -23,9 +23,9 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PositiveInt
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,9 +57,13 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+_Mean = Annotated[float, Field(allow_inf_nan=False)]
+_Std = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # every job divides by it
+
+
 class Normalization(BaseModel):
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[_Mean, _Mean, _Mean]
+    std: tuple[_Std, _Std, _Std]
 
 
 class ModelManifest(BaseModel):
@@ -69,7 +73,7 @@ class ModelManifest(BaseModel):
     format: str = "state_dict"  # or "torchscript"
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] = Field(min_length=2)
-    input_size: tuple[int, int]
+    input_size: tuple[PositiveInt, PositiveInt]
     normalization: Normalization
     target_layer: str | None = None  # None: the architecture's default
     weights_file: str = "weights.pt"
@@ -169,13 +173,10 @@ class ModelStore:
         """Copy weights in and write the manifest, as one rename: a version appears whole or not at all,
         and an existing version is never overwritten."""
         self._cache.clear()
-        if not NAME_RE.match(manifest.name) or not VERSION_RE.match(manifest.version):
-            raise StoreError(f"invalid model name or version: {manifest.ref}")
+        self.check_new_version(manifest.name, manifest.version)
         model_dir = self.root / manifest.name
         model_dir.mkdir(parents=True, exist_ok=True)
         final = model_dir / manifest.version
-        if final.exists():
-            raise StoreError(f"{manifest.ref} already exists; versions are immutable, import under a new version")
         staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".import-{manifest.version}-"))
         try:
             shutil.copyfile(weights, staging / manifest.weights_file)
@@ -188,6 +189,16 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return manifest
+
+    def check_new_version(self, name: str, version: str) -> None:
+        """Refuse a name, or a version, that an import could not write: cheap, so that an import
+        fails on it before verifying the weights (which loads torch and runs the model)."""
+        if not NAME_RE.match(name):
+            raise StoreError(f"invalid model name '{name[:64]}': lowercase letters, digits, '_' and '-', at most 64")
+        if not VERSION_RE.match(version):
+            raise StoreError(f"invalid version '{version[:64]}': letters, digits, '.', '_' and '-', at most 64")
+        if (self.root / name / version).exists():
+            raise StoreError(f"{name}:{version} already exists; versions are immutable, import under a new version")
 
     def next_version(self, name: str) -> str:
         try:
@@ -273,3 +284,12 @@ class ModelStore:
         if not d.is_dir():
             raise ModelNotFound(f"unknown model '{name}'")
         return d
+
+
+def read_labels(path: Path) -> list[str]:
+    """A labels file: one label per line, or a JSON list."""
+    text = Path(path).read_text().strip()
+    labels = json.loads(text) if text.startswith("[") else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
+        raise StoreError(f"{path}: expected at least two non-empty labels")
+    return labels

@@ -41,20 +41,6 @@ def detect_format(weights: Path) -> str:
     return "state_dict"
 
 
-def read_labels(path: Path) -> list[str]:
-    """One label per line, or a JSON list."""
-    text = Path(path).read_text().strip()
-    if text.startswith("["):
-        import json
-
-        labels = json.loads(text)
-    else:
-        labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
-        raise StoreError(f"{path}: expected at least two non-empty labels")
-    return labels
-
-
 def import_model(
     store: ModelStore,
     weights: Path,
@@ -77,10 +63,12 @@ def import_model(
         architecture = "torchscript"
     elif architecture not in ARCHS:
         raise StoreError(f"unknown architecture '{architecture}'; known: {', '.join(sorted(ARCHS))}")
+    version = version or store.next_version(name)
+    store.check_new_version(name, version)  # before the weights are loaded and run
     size_default, norm_default = DEFAULTS.get(architecture, ((520, 520), IMAGENET))
     manifest = ModelManifest(
         name=name,
-        version=version or store.next_version(name),
+        version=version,
         architecture=architecture,
         format=fmt,
         arch_kwargs=arch_kwargs or {},

@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
-from shared.model_store import ModelStore, StoreError
+from shared.model_store import ModelManifest, ModelStore, Normalization, StoreError
 from shared.schemas import Method
 from tests.conftest import ROOT
 from training.shapes import held_out
@@ -57,10 +58,66 @@ def test_import_writes_a_complete_manifest_and_moves_latest(store):
     assert store.resolve("shapes").version == "2" and store.resolve("shapes:1").version == "1"
 
 
-def test_versions_are_immutable(store):
+def test_versions_are_immutable(store, monkeypatch):
     demo_import(store, version="7")
+    import worker.model_import as mi
+
+    monkeypatch.setattr(mi, "check_runs", lambda *a: pytest.fail("the weights were run for an existing version"))
     with pytest.raises(StoreError, match="immutable"):
         demo_import(store, version="7")
+    with pytest.raises(StoreError, match="invalid model name"):
+        import_model(store, DEMO / "weights.pt", name="Bad Name", architecture="shapes_unet", labels=LABELS)
+
+
+def test_a_normalisation_or_input_size_no_job_could_use_is_refused():
+    assert Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).std == (0.25, 0.25, 0.25)
+    for bad in [(0.0, 1.0, 1.0), (1.0, -1.0, 1.0), (1.0, 1.0, float("nan"))]:
+        with pytest.raises(ValidationError, match="std"):
+            Normalization(mean=(0.5, 0.5, 0.5), std=bad)  # every pixel is divided by it
+    manifest = json.loads((DEMO / "manifest.json").read_text())
+    ModelManifest.model_validate(manifest)
+    with pytest.raises(ValidationError, match="input_size"):
+        ModelManifest.model_validate({**manifest, "input_size": [0, 96]})
+
+
+REFUSALS = """
+import contextlib, io, json, sys
+from client.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out.append([main(argv), err.getvalue()])
+print(json.dumps({"results": out, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_the_cli_refuses_an_import_it_cannot_write_before_loading_torch(tmp_path):
+    """Verifying weights loads torch and runs the model (seconds): a mistyped name, an existing
+    version or a missing file must not wait for it."""
+    store = tmp_path / "store"
+    shutil.copytree(DEMO, store / "demo" / "1")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    base = ["models", "--store", str(store), "import"]
+    ok = [str(DEMO / "weights.pt"), "--arch", "shapes_unet", "--labels", str(labels)]
+    cases = {
+        "already exists": [*ok, "--name", "demo", "--version", "1"],
+        "invalid model name 'Demo Model'": [*ok, "--name", "Demo Model"],
+        "invalid version 'a/b'": [*ok, "--name", "demo", "--version", "a/b"],
+        "nope.pt: no such file": [str(tmp_path / "nope.pt"), *ok[1:], "--name", "demo"],
+        "nolabels.txt": [*ok[:-1], str(tmp_path / "nolabels.txt"), "--name", "demo"],
+        "--meta takes KEY=VALUE, got 'trained_by'": [*ok, "--name", "demo", "--meta", "trained_by"],
+    }
+    argvs = [base + argv for argv in cases.values()]
+    out = subprocess.run([sys.executable, "-c", REFUSALS, json.dumps(argvs)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    for expected, (rc, stderr) in zip(cases, report["results"], strict=True):
+        assert rc == 2 and expected in stderr, (expected, stderr)
+    assert report["torch"] is False
+    assert sorted(p.name for p in (store / "demo").iterdir()) == ["1"]  # nothing written
 
 
 def test_weights_that_do_not_fit_the_architecture_are_refused_at_import(store):

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, PositiveInt
+from pydantic import BaseModel, Field, PositiveInt, ValidationError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -269,7 +269,10 @@ class ModelStore:
         f = self._model_dir(name) / version / "manifest.json"
         if not f.is_file():
             raise ModelNotFound(f"model '{name}' has no version '{version}'")
-        return ModelManifest.model_validate_json(f.read_text())
+        try:
+            return ModelManifest.model_validate_json(f.read_text())
+        except ValidationError as e:  # edited by hand, or written before a check existed
+            raise ModelNotFound(f"model {name}:{version} has an invalid manifest: {e.errors()[0]['msg']}") from None
 
     def weights_path(self, m: ModelManifest) -> Path:
         path = (self._model_dir(m.name) / m.version / m.weights_file).resolve()

@@ -61,3 +61,43 @@ def test_class_index_errors_name_the_choices(tmp_path):
         m.class_index("7")
     with pytest.raises(ValueError, match="labels: bg, cat"):
         m.class_index("dog")
+
+
+@pytest.mark.parametrize("damage", ["not json {", "std 0"])
+def test_a_damaged_manifest_is_a_model_not_found_naming_it_not_a_crash(tmp_path, damage):
+    _version(tmp_path, "m", "1")
+    _version(tmp_path, "m", "2")
+    f = tmp_path / "m" / "2" / "manifest.json"
+    if damage == "std 0":  # a division by zero in every job, had it loaded
+        f.write_text(f.read_text().replace('"std": [1, 1, 1]', '"std": [0, 1, 1]'))
+    else:
+        f.write_text(damage)
+    store = ModelStore(tmp_path)
+    with pytest.raises(ModelNotFound, match="m:2 has an invalid manifest"):
+        store.resolve("m")
+    assert store.resolve("m:1").version == "1"
+
+
+def test_the_gateway_lists_the_models_beside_a_damaged_one_and_refuses_jobs_for_it(tmp_path, settings):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    _version(tmp_path, "good", "1")
+    _version(tmp_path, "bad", "1")
+    (tmp_path / "bad" / "1" / "manifest.json").write_text("{")
+    with TestClient(create_app(settings.model_copy(update={"model_dir": tmp_path, "default_model": "good"}))) as c:
+        listed = c.get("/v1/models")
+        assert listed.status_code == 200 and [m["name"] for m in listed.json()["models"]] == ["good"]
+        r = c.post("/v1/jobs", files={"image": ("a.png", _png(), "image/png")}, data={"model": "bad"})
+        assert r.status_code == 422 and "bad:1 has an invalid manifest" in r.json()["error"]["message"]
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), 90).save(buf, "PNG")
+    return buf.getvalue()

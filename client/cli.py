@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 
 def cmd_up(args: argparse.Namespace) -> int:
     from stack.local import LocalStack, StackError
@@ -104,11 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "models":
-        from client import models_cli
+    try:
+        if args.command == "models":
+            from client import models_cli
 
-        return models_cli.run(args)
-    return args.func(args)
+            return models_cli.run(args)
+        return args.func(args)
+    except httpx.TransportError as e:  # no API there, or it stopped answering: say so, not a traceback
+        print(
+            f"segcam {args.command}: cannot reach the API at {getattr(args, 'url', '?')} ({e or type(e).__name__}); "
+            "start it with `segcam up`, or point --url or SEGCAM_URL at it",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,11 +32,11 @@ def expand(paths: list[str]) -> list[Path]:
 class Progress:
     """One line per job: queue position or stage, then the outcome. Redrawn in place on a terminal."""
 
-    def __init__(self, names: list[str], stream=sys.stderr) -> None:
+    def __init__(self, names: list[str], stream=None) -> None:
         self.names = names
         self.lines = dict.fromkeys(names, "submitting")
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream or sys.stderr  # looked up now: a redirected stderr is the one to write to
+        self.tty = self.stream.isatty()
         self.lock = threading.Lock()
         self.drawn = False
         self.width = max((len(n) for n in names), default=10)
@@ -74,6 +74,10 @@ def cmd_submit(args) -> int:
     files = expand(args.images)
     if not files:
         print("segcam submit: no images found", file=sys.stderr)
+        return 2
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:  # before anything is submitted: half a folder queued is harder to redo than none
+        print(f"segcam submit: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     names = [f.name if len(files) == len({x.name for x in files}) else str(f) for f in files]
     progress = Progress(names)

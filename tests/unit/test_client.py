@@ -84,3 +84,28 @@ def test_wait_falls_back_to_long_polling_when_the_stream_breaks():
     with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
         assert c.wait(JOB["id"], timeout=30)["status"] == "succeeded"
     assert len(polls) == 2 and all(float(w) > 0 for w in polls)  # long polls, not a tight loop
+
+
+def test_the_cli_names_a_missing_file_and_submits_nothing(tmp_path, capsys):
+    from client.cli import main
+
+    there = tmp_path / "a.png"
+    there.write_bytes(b"not submitted either")
+    # No API at this URL: had it tried to submit a.png first, the answer would be "cannot reach".
+    rc = main(["submit", str(there), str(tmp_path / "nope.png"), "--url", "http://127.0.0.1:9"])
+    assert rc == 2
+    assert f"no such file: {tmp_path / 'nope.png'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["status", "abc"], ["submit", "IMAGE"], ["models"]])
+def test_the_cli_says_it_cannot_reach_the_api_instead_of_a_traceback(tmp_path, capsys, argv):
+    from client.cli import main
+    from stack.local import free_port
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    rc = main([a.replace("IMAGE", str(image)) for a in argv] + ["--url", url])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"cannot reach the API at {url}" in err and "segcam up" in err
+    assert "Traceback" not in err

@@ -76,6 +76,7 @@ class EventHub:
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()
         self.wanted = asyncio.Event()  # set by a new follower; wakes a reader parked unsubscribed
+        self.closed = False
 
     async def follow(self, job_id: str, queue: str | None = None) -> Follower:
         """Hear the job's changes and, with ``queue``, its queue's moves (positions for SSE;
@@ -99,6 +100,8 @@ class EventHub:
         parked unsubscribed: the first follower waits for that (a connection and a
         subscription, ~5 ms), so the gateway starts it at start-up (``api/warmup.py``)."""
         self.wanted.set()
+        if self.closed:
+            return
         if self.task is None or self.task.done():
             self.ready = asyncio.Event()
             self.task = asyncio.create_task(self._read())
@@ -111,7 +114,7 @@ class EventHub:
 
     async def _read(self) -> None:
         pattern = self.keys.events_pattern()
-        while True:
+        while not self.closed:
             client = aioredis.Redis.from_url(
                 self.settings.redis_url,
                 socket_connect_timeout=self.settings.redis_connect_timeout_s,
@@ -120,13 +123,15 @@ class EventHub:
             pubsub = client.pubsub()
             served_since: float | None = None  # when this connection's first subscription was confirmed
             try:
-                while True:  # one subscription per turn; an idle spell ends a turn, not the connection
+                while not self.closed:  # one subscription per turn; an idle spell ends a turn, not the connection
                     await pubsub.psubscribe(pattern)
                     await self._reply(pubsub, "psubscribe")
                     served_since = served_since or asyncio.get_running_loop().time()
                     self.ready.set()
                     self._wake_all()  # anything may have happened while we were not listening
                     await self._listen(pubsub)
+                    if self.closed:
+                        return
                     self.ready.clear()  # a follower arriving now waits for the next subscription
                     self.wanted.clear()
                     await pubsub.punsubscribe(pattern)
@@ -161,7 +166,7 @@ class EventHub:
         """Hands each event to its followers until ``events_idle_s`` has passed without one."""
         loop = asyncio.get_running_loop()
         idle_since: float | None = None
-        while True:
+        while not self.closed:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg and msg.get("type") == "pmessage":
                 channel, payload = msg["channel"].decode(), msg["data"].decode()
@@ -179,8 +184,17 @@ class EventHub:
             for f in fs:
                 f.put("changed")
 
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the reader. redis-py can swallow a cancellation that lands while it connects or
+        subscribes (seen on a gateway whose port was taken: it shut down milliseconds after
+        start-up, and then never exited), so the reader also stops at ``closed`` and is
+        cancelled again until it ends; past ``timeout_s`` it is left behind, not waited for."""
+        self.closed = True
+        self.wanted.set()  # a reader parked unsubscribed wakes to see it
+        task, loop = self.task, asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while task is not None and not task.done() and loop.time() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if task is not None and not task.done():
+            log.warning("the event stream's reader did not stop within %.0f s; shutting down without it", timeout_s)

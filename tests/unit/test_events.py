@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -123,3 +124,51 @@ def test_a_connection_lost_as_a_follower_arrives_mid_unsubscription_is_replaced_
         await hub.close()
 
     asyncio.run(run())
+
+
+def test_close_ends_a_reader_that_swallows_a_cancellation(hub):
+    """redis-py can swallow a cancellation that lands while it connects or subscribes; a
+    single ``cancel()`` then left the gateway's shutdown waiting on the reader for ever."""
+    swallowed = []
+
+    async def stubborn_read():
+        while not hub.closed or not swallowed:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed.append(True)  # as redis-py does mid-connect: carry on
+
+    async def run():
+        hub._read = stubborn_read
+        hub.start()
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(hub.close(timeout_s=3), 5)
+        assert hub.task.done() and swallowed
+        hub.start()  # a closed hub starts no reader again
+        assert hub.task.done()
+
+    asyncio.run(run())
+
+
+def test_close_gives_up_on_a_reader_that_never_ends_and_says_so(hub, caplog):
+    released = asyncio.Event()
+
+    async def deaf_read():
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+
+    async def run():
+        hub._read = deaf_read
+        hub.start()
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await asyncio.wait_for(hub.close(timeout_s=0.5), 5)
+        assert 0.4 < time.monotonic() - t0 < 2 and not hub.task.done()
+        released.set()  # so that asyncio.run can finish it
+        hub.task.cancel()
+        await asyncio.wait({hub.task}, timeout=1)
+
+    with caplog.at_level("WARNING", logger="segcam.api"):
+        asyncio.run(run())
+    assert "did not stop" in caplog.text

@@ -22,6 +22,9 @@ from shared.settings import Settings
 
 log = logging.getLogger("segcam.api")
 
+# Put in every inbox when the gateway starts to shut down: answer now, do not wait for the job.
+DRAINING = "draining"
+
 
 class Follower:
     """One waiting request's inbox. ``wait`` parks on a bare future that ``put`` resolves:
@@ -77,6 +80,7 @@ class EventHub:
         self.ready = asyncio.Event()
         self.wanted = asyncio.Event()  # set by a new follower; wakes a reader parked unsubscribed
         self.closed = False
+        self.draining = False
 
     async def follow(self, job_id: str, queue: str | None = None) -> Follower:
         """Hear the job's changes and, with ``queue``, its queue's moves (positions for SSE;
@@ -86,6 +90,9 @@ class EventHub:
         f = Follower(tuple(channels))
         for c in f.channels:
             self.followers[c].add(f)
+        if self.draining:
+            f.put(DRAINING)
+            return f
         self.start()
         try:
             if not self.ready.is_set():  # wait_for would cost a task and a loop turn even when set
@@ -183,6 +190,16 @@ class EventHub:
         for fs in self.followers.values():
             for f in fs:
                 f.put("changed")
+
+    def drain(self) -> None:
+        """Wake every follower, now and to come, with ``DRAINING``. uvicorn waits for every open
+        connection before it shuts the app down, and an SSE stream or a long poll stays open
+        until its job ends (a queued job with no worker: for ever), so on SIGTERM the gateway
+        first has them answer with the job as it stands; the client follows it on elsewhere."""
+        self.draining = True
+        for fs in list(self.followers.values()):
+            for f in fs:
+                f.put(DRAINING)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop the reader. redis-py can swallow a cancellation that lands while it connects or

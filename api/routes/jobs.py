@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.auth import Principal, enforce_rate_limit, principal
 from api.deps import Services, event_hub, services
 from api.errors import ApiError, responses
-from api.events import EventHub, Follower
+from api.events import DRAINING, EventHub, Follower
 from api.queueing import enqueue, new_job_id
 from api.validation import SUBMIT_BODY, Submission, build_spec, checked_form
 from shared import webhooks
@@ -71,6 +71,8 @@ async def until_final(
         if messages and all(m in STAGES for m in messages):
             continue  # a running job moved to its next stage: nothing final to read
         rec = load(svc, job_id, who)
+        if DRAINING in messages:
+            break  # the gateway is shutting down: the job as it stands, now
     return rec if rec is not None else load(svc, job_id, who)
 
 
@@ -200,6 +202,11 @@ async def job_events(
                 for m in messages:
                     if m in STAGES and (chunk := await event(current, stage=m)):
                         yield chunk
+                if DRAINING in messages:  # the gateway is shutting down: end cleanly, the client reconnects
+                    if chunk := await event(current):
+                        yield chunk
+                    yield "retry: 1000\n: the gateway is shutting down; reconnect to follow the job\n\n"
+                    return
         except ApiError:  # the job expired mid-stream
             yield 'event: error\ndata: {"error": {"code": "job_not_found", "message": "job expired"}}\n\n'
         finally:

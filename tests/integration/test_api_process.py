@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import threading
 import time
+
+import httpx
 
 from stack.local import API_CMD, python_cmd
 from tests.conftest import ROOT
+from tests.integration.procs import Procs, scene_png, submit
 
 
 def test_an_api_whose_port_is_taken_exits_non_zero_promptly(redis_url, prefix, tmp_path):
@@ -35,3 +40,73 @@ def test_an_api_whose_port_is_taken_exits_non_zero_promptly(redis_url, prefix, t
         assert rc != 0, out
         assert "address already in use" in out.lower() or "error while attempting to bind" in out.lower(), out
         assert time.monotonic() - t0 < 30
+
+
+def test_sigterm_answers_long_polls_and_ends_streams_at_once_then_exits(redis_url, prefix, tmp_path):
+    """uvicorn waits for every open connection before it exits, and a job with no worker keeps
+    its long poll and its SSE stream open: a rolling restart then waited for the orchestrator's
+    SIGKILL and cut them mid-answer. Now they answer with the job as it stands, the process
+    exits at once, and the job stays queued for the next gateway to report."""
+    procs = Procs({"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix}, tmp_path)
+    try:
+        api = procs.api()  # no worker: the job stays queued
+        job_id = submit(procs.url, scene_png(1))["id"]
+        got: dict[str, object] = {}
+
+        def long_poll():
+            got["poll"] = httpx.get(f"{procs.url}/v1/jobs/{job_id}", params={"wait": 60}, timeout=90)
+
+        def stream():
+            with httpx.stream("GET", f"{procs.url}/v1/jobs/{job_id}/events", timeout=90) as r:
+                got["stream"] = [line for line in r.iter_lines() if line]
+
+        def submit_and_wait():
+            files = {"image": ("a.png", scene_png(2))}
+            got["submit"] = httpx.post(f"{procs.url}/v1/jobs", params={"wait": 60}, files=files, timeout=90)
+
+        threads = [threading.Thread(target=f) for f in (long_poll, stream, submit_and_wait)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # all three are waiting on the job
+        assert not got
+        t0 = time.monotonic()
+        api.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=15)
+        rc = api.wait(timeout=15)
+        took = time.monotonic() - t0
+
+        assert rc in (0, -signal.SIGTERM) and took < 5, (rc, took)  # uvicorn re-raises the signal it caught
+        poll = got["poll"]
+        assert poll.status_code == 200 and poll.json()["status"] == "queued", poll.text
+        lines = got["stream"]
+        assert lines[0] == "event: queued" and "retry: 1000" in lines, lines
+        assert got["submit"].status_code == 202 and got["submit"].json()["status"] == "queued"
+
+        procs.api()  # the next gateway still has the job, queued
+        r = httpx.get(f"{procs.url}/v1/jobs/{job_id}", timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "queued"
+    finally:
+        procs.close()
+
+
+def test_an_upload_stalled_past_the_shutdown_grace_is_cut_and_the_api_exits(redis_url, prefix, tmp_path):
+    """A client that stops sending mid-upload must not hold a gateway's shutdown for ever."""
+    env = {"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_API_SHUTDOWN_GRACE_S": "1"}
+    procs = Procs(env, tmp_path)
+    try:
+        api = procs.api()
+        with socket.create_connection(("127.0.0.1", procs.api_port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="image"; '
+                b'filename="a.png"\r\n\r\n\x89PNG'
+            )  # and nothing more
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            api.send_signal(signal.SIGTERM)
+            rc = api.wait(timeout=15)
+            assert rc in (0, -signal.SIGTERM) and 0.9 < time.monotonic() - t0 < 5, (rc, time.monotonic() - t0)
+        assert "timeout graceful shutdown exceeded" in (tmp_path / "api.log").read_text()
+    finally:
+        procs.close()

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from api.events import EventHub
+from api.events import DRAINING, EventHub
 
 
 def hub_connection(rclient: redis.Redis, name: str) -> dict | None:
@@ -172,3 +172,20 @@ def test_close_gives_up_on_a_reader_that_never_ends_and_says_so(hub, caplog):
     with caplog.at_level("WARNING", logger="segcam.api"):
         asyncio.run(run())
     assert "did not stop" in caplog.text
+
+
+def test_drain_wakes_every_follower_and_answers_new_ones_at_once(hub):
+    """On SIGTERM the gateway's long polls and streams answer now instead of holding its exit."""
+
+    async def run():
+        f = await hub.follow("job1")
+        hub.drain()
+        assert DRAINING in await asyncio.wait_for(f.wait(10), 1)  # beside a "changed" from subscribing
+        t0 = time.monotonic()
+        late = await hub.follow("job2")  # no subscription to wait for
+        assert await asyncio.wait_for(late.wait(10), 1) == [DRAINING] and time.monotonic() - t0 < 0.5
+        await hub.unfollow(f)
+        await hub.unfollow(late)
+        await hub.close()
+
+    asyncio.run(run())

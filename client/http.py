@@ -143,8 +143,18 @@ class SegcamClient:
                 if line.startswith("data: "):
                     yield json.loads(line[6:])
 
-    def wait(self, job_id: str, timeout: float = 600.0, on_update: Callable[[dict], None] | None = None) -> dict:
-        """Block until the job is final, following it by SSE, or by long-polling if SSE fails."""
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 600.0,
+        on_update: Callable[[dict], None] | None = None,
+        reconnect_s: float = 30.0,
+    ) -> dict:
+        """Block until the job is final, following it by SSE, or by long-polling if SSE fails.
+
+        The job lives in Redis, not in the gateway: one that is restarted or replaced (its
+        stream ends, its port stops answering, or it answers 503 for a moment) is waited for,
+        up to ``reconnect_s`` seconds in a row, rather than given up with the job."""
         deadline = time.monotonic() + timeout
         try:
             for update in self.events(job_id, timeout=timeout):
@@ -153,12 +163,26 @@ class SegcamClient:
                 if update["status"] in FINAL:
                     return update
         except (httpx.HTTPError, json.JSONDecodeError):
-            pass  # a proxy that buffers or cuts streams: poll instead
+            pass  # a proxy that buffers or cuts streams, or a gateway shutting down: poll instead
+        failing_since: float | None = None
+        attempt = 0
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job_id} not finished after {timeout:.0f}s")
-            job = self.status(job_id, wait=min(left, 30.0))
+            try:
+                job = self.status(job_id, wait=min(left, 30.0))
+            except (httpx.TransportError, ServerError) as e:
+                if isinstance(e, ServerError) and e.status != 503:
+                    raise
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= reconnect_s:
+                    raise
+                attempt += 1
+                time.sleep(min(0.25 * 2**attempt, 4.0, left))
+                continue
+            failing_since, attempt = None, 0
             if on_update:
                 on_update(job)
             if job["status"] in FINAL:

@@ -50,8 +50,8 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def api(self) -> subprocess.Popen:
-        self.api_port = free_port()
+    def api(self, port: int | None = None) -> subprocess.Popen:
+        self.api_port = port or free_port()
         p = self._spawn(API_CMD, "api", {"SEGCAM_API_PORT": str(self.api_port), "SEGCAM_API_HOST": "127.0.0.1"})
         wait_until(lambda: _ok(f"{self.url}/healthz"), 30, "API did not start")
         return p

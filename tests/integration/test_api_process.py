@@ -11,6 +11,7 @@ import time
 
 import httpx
 
+from client.http import SegcamClient
 from stack.local import API_CMD, python_cmd
 from tests.conftest import ROOT
 from tests.integration.procs import Procs, scene_png, submit
@@ -108,5 +109,38 @@ def test_an_upload_stalled_past_the_shutdown_grace_is_cut_and_the_api_exits(redi
             rc = api.wait(timeout=15)
             assert rc in (0, -signal.SIGTERM) and 0.9 < time.monotonic() - t0 < 5, (rc, time.monotonic() - t0)
         assert "timeout graceful shutdown exceeded" in (tmp_path / "api.log").read_text()
+    finally:
+        procs.close()
+
+
+def test_a_client_waiting_on_a_job_rides_out_a_gateway_restart(redis_url, prefix, tmp_path):
+    """The job is in Redis, not in the gateway: a client following it through a restart gets
+    its result from the next gateway instead of an error."""
+    procs = Procs({"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix}, tmp_path)
+    try:
+        first = procs.api()
+        port = procs.api_port
+        job_id = submit(procs.url, scene_png(3))["id"]
+        got: dict[str, object] = {}
+        seen: list[str] = []
+
+        def wait():
+            with SegcamClient(procs.url) as c:
+                try:
+                    got["job"] = c.wait(job_id, timeout=120, on_update=lambda j: seen.append(j["status"]))
+                except Exception as e:  # reported by the assertion below
+                    got["error"] = e
+
+        t = threading.Thread(target=wait)
+        t.start()
+        time.sleep(1.0)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=15)
+        time.sleep(1.0)  # nothing answers on the port for a while
+        procs.api(port)
+        procs.worker("restart@local")
+        t.join(timeout=120)
+        assert "error" not in got, got
+        assert got["job"]["status"] == "succeeded" and seen[0] == "queued", (got, seen)
     finally:
         procs.close()

@@ -86,6 +86,41 @@ def test_wait_falls_back_to_long_polling_when_the_stream_breaks():
     assert len(polls) == 2 and all(float(w) > 0 for w in polls)  # long polls, not a tight loop
 
 
+def test_wait_rides_out_a_gateway_restart_and_gives_up_on_one_that_stays_down(monkeypatch):
+    """A gateway stopped mid-wait ends its stream with ``retry:`` and stops answering for a
+    moment; the job is in Redis, so the client waits for the next gateway, not for an error."""
+    monkeypatch.setattr("client.http.time.sleep", lambda s: None)
+    answers = iter(["refused", "refused", 503, "queued", "succeeded"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):  # the shutting-down gateway's last words
+            body = f"event: queued\ndata: {json.dumps({**JOB, 'status': 'queued'})}\n\nretry: 1000\n\n"
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        a = next(answers)
+        if a == "refused":
+            raise httpx.ConnectError("connection refused")
+        if a == 503:
+            return httpx.Response(503, json={"error": {"code": "unavailable", "message": "redis"}})
+        return httpx.Response(200, json={**JOB, "status": a})
+
+    seen = []
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.wait(JOB["id"], on_update=lambda j: seen.append(j["status"]))["status"] == "succeeded"
+    assert seen == ["queued", "queued", "succeeded"]
+
+    clock = iter(range(0, 1000, 10))  # each look at the clock 10 s later
+    monkeypatch.setattr("client.http.time.monotonic", lambda: next(clock))
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(down)) as c, pytest.raises(httpx.ConnectError):
+        c.wait(JOB["id"], timeout=600, reconnect_s=30)
+    broken = httpx.MockTransport(lambda r: httpx.Response(500, json={}))
+    with SegcamClient("http://x", transport=broken) as c, pytest.raises(ServerError):
+        c.wait(JOB["id"])  # a 500 is a bug to report, not a restart to wait out
+
+
 def test_the_cli_names_a_missing_file_and_submits_nothing(tmp_path, capsys):
     from client.cli import main
 

@@ -62,6 +62,7 @@ class JobRunner:
         watch: QueueWatch | None = None,
         postprocess_threads: int = 1,
         overlap: bool = False,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.jobs = jobs
         self.artifacts = artifacts
@@ -78,6 +79,7 @@ class JobRunner:
         self.watch = watch
         self.postprocess_threads = postprocess_threads
         self.overlap = overlap
+        self.stopping = stopping  # the worker is shutting down: claim nothing more
         self._sending = threading.Lock()  # webhooks are queued from the lane's thread too
 
     def run_token(self, token: str, queue: str, hint: str | None = None) -> dict[str, str]:
@@ -106,7 +108,7 @@ class JobRunner:
                     batch = self._fill_batch(queue, token, taken)
                     # Another of the worker's queues has a job waiting: the task ends after the
                     # batch it claimed, so the parent fetches that one (one batch late at most).
-                    last = time.monotonic() - started >= self.drain_s or taken.others_waiting
+                    last = time.monotonic() - started >= self.drain_s or taken.others_waiting or self.stopping()
                     # The lane only while jobs queue back to back: at low load nothing computes
                     # while a batch finishes, and a hand-off adds a thread switch to its latency.
                     # There the next batch is claimed, uploads and all, while this one computes.
@@ -119,7 +121,7 @@ class JobRunner:
                         # What it claimed is this token's to run, however the round ended.
                         taken = ahead.result() if ahead is not None else taken
                     if ahead is None:
-                        if last or time.monotonic() - started >= self.drain_s:
+                        if last or time.monotonic() - started >= self.drain_s or self.stopping():
                             return outcome
                         taken = self._backlog(queue, token)
                     busy = bool(taken.job_ids)
@@ -150,7 +152,7 @@ class JobRunner:
     def _linger(self, queue: str, started: float) -> str | None:
         """The queue is empty: wait for its next job. Returns the ID of a job just queued ("" to
         look once more, right after the watch started), or None to end the task."""
-        if self.linger_s <= 0 or time.monotonic() - started >= self.drain_s:
+        if self.linger_s <= 0 or time.monotonic() - started >= self.drain_s or self.stopping():
             return None
         if not self.watch.listening:  # a job queued before the watch started is found by looking again
             return "" if self.watch.start() else None

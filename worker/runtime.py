@@ -21,6 +21,7 @@ from shared.model_store import ModelStore
 from shared.redis_conn import get_redis
 from shared.schemas import Method
 from shared.settings import Settings, get_settings
+from worker import shutdown
 from worker.device import resolve_device
 from worker.linger import QueueWatch
 from worker.loader import LoadedModel, ModelCache
@@ -101,6 +102,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         overlap=overlap_wanted(
             settings.overlap, device, torch.get_num_threads(), len(os.sched_getaffinity(0)), settings.cpu_workers
         ),
+        stopping=shutdown.under_way,
     )
     # Everything loaded so far (torch, the models, Celery) lives as long as the process. Left
     # to the collector, it makes each full collection walk ~500k objects: about 200 ms, paid

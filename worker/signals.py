@@ -20,7 +20,7 @@ from shared.model_store import ModelStore
 from shared.presence import Heartbeat
 from shared.redis_conn import get_redis
 from shared.settings import get_settings
-from worker import runtime
+from worker import runtime, shutdown
 from worker.orphans import OrphanSweep
 
 log = logging.getLogger("segcam.worker")
@@ -64,6 +64,13 @@ def _freeze_startup_objects(**_kwargs) -> None:
     a full collection walking them (~200 ms) would stall the delivery of the next job."""
     gc.collect()
     gc.freeze()
+
+
+@signals.worker_shutting_down.connect
+def _stop_claiming(**_kwargs) -> None:
+    """Warm shutdown: the running task ends after its batch in hand (``worker/shutdown.py``);
+    the jobs it did not claim stay queued for the other workers or the next start."""
+    shutdown.begin()
 
 
 @signals.worker_shutdown.connect

@@ -48,11 +48,17 @@ def parts(rclient, prefix):
     cache = ModelCache(store, torch.device("cpu"))
 
     def runner(
-        batch: int = 1, name: str = "w", drain_s: float = 0.0, linger_ms: float = 0.0, queues=(), overlap=False
+        batch: int = 1,
+        name: str = "w",
+        drain_s: float = 0.0,
+        linger_ms: float = 0.0,
+        queues=(),
+        overlap=False,
+        stopping=lambda: False,
     ) -> JobRunner:
         watch = QueueWatch(rclient, {q: keys.queue_events(q) for q in queues}) if queues else None
         return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch, drain_s=drain_s, linger_ms=linger_ms,
-                         watch=watch, overlap=overlap)  # fmt: skip
+                         watch=watch, overlap=overlap, stopping=stopping)  # fmt: skip
 
     def submit(job_id: str, image, method=Method.gradcam, target=None, queue: str = QUEUE) -> None:
         spec = JobSpec(
@@ -277,6 +283,22 @@ def test_a_token_with_claims_to_take_back_is_never_taken_off(parts, rclient, pre
     # job 2's spare token went; the crashed token stayed, to take job 0 back
     assert [json.loads(m)["headers"]["id"] for m in rclient.lrange(queue, 0, -1)] == [f"{0:032x}"]
     assert runner().run_token(f"{0:032x}", queue) == {f"{0:032x}": "succeeded"}
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_draining_token_stops_claiming_once_the_worker_is_shutting_down(parts, rclient, prefix, overlap):
+    """A SIGTERM mid-drain (here: as soon as the second job is claimed): the batch in hand ends
+    the task, none is claimed ahead, and the rest stay queued with their messages."""
+    jobs, _arts, runner, submit = parts
+    queue = f"{prefix}.jobs.shapes"
+    for i, s in enumerate(held_out(6)):
+        submit(f"{i:032x}", s.image, queue=queue)
+    rclient.rpop(queue)
+    sigterm = lambda: jobs.get(f"{1:032x}").status is not JobStatus.queued  # noqa: E731
+    out = runner(drain_s=60, overlap=overlap, stopping=sigterm).run_token("tok", queue)
+    assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "succeeded"}
+    assert all(jobs.get(f"{i:032x}").status is JobStatus.queued for i in range(2, 6))
+    assert rclient.llen(queue) == 4 and jobs.claimed("tok") == []
 
 
 def test_draining_leaves_jobs_whose_messages_a_worker_already_took(parts, rclient, prefix):

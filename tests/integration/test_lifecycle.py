@@ -1,4 +1,4 @@
-"""The gateway process itself: what it does when it cannot serve."""
+"""The gateway and worker processes themselves: a start-up that fails, SIGTERM, a restart."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 from client.http import SegcamClient
 from stack.local import API_CMD, python_cmd
 from tests.conftest import ROOT
-from tests.integration.procs import Procs, scene_png, submit
+from tests.integration.procs import Procs, scene_png, submit, wait_until
 
 
 def test_an_api_whose_port_is_taken_exits_non_zero_promptly(redis_url, prefix, tmp_path):
@@ -142,5 +142,36 @@ def test_a_client_waiting_on_a_job_rides_out_a_gateway_restart(redis_url, prefix
         t.join(timeout=120)
         assert "error" not in got, got
         assert got["job"]["status"] == "succeeded" and seen[0] == "queued", (got, seen)
+    finally:
+        procs.close()
+
+
+def test_a_worker_told_to_stop_finishes_its_batch_and_leaves_the_queue_to_the_next(redis_url, prefix, tmp_path):
+    """Celery tells only the parent of a SIGTERM; the child's task, draining the queue, went on
+    claiming jobs for up to ``drain_s``, so a scale-down waited for the queue. Now it stops after
+    its batch in hand, and the jobs it did not claim are run by the next worker: none lost."""
+    env = {"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_DRAIN_S": "100",
+           "SEGCAM_TASK_SOFT_TIME_LIMIT_S": "400", "SEGCAM_TASK_TIME_LIMIT_S": "450"}  # fmt: skip
+    procs = Procs(env, tmp_path)
+    try:
+        procs.api()
+        with httpx.Client(base_url=procs.url, timeout=30) as c:
+            data = scene_png(4)
+            ids = [c.post("/v1/jobs", files={"image": ("a.png", data)}).json()["id"] for _ in range(300)]
+
+            def succeeded() -> int:
+                return sum(c.get(f"/v1/jobs/{i}").json()["status"] == "succeeded" for i in ids)
+
+            first = procs.worker("first@local")
+            wait_until(lambda: c.get(f"/v1/jobs/{ids[2]}").json()["status"] == "succeeded", 90, "no job ran")
+            t0 = time.monotonic()
+            first.send_signal(signal.SIGTERM)
+            rc = first.wait(timeout=60)
+            took, done = time.monotonic() - t0, succeeded()
+            assert rc == 0 and took < 10, (rc, took)
+            assert done < len(ids) - 50, f"the stopping worker ran {done} of {len(ids)} jobs"
+
+            procs.worker("second@local")
+            wait_until(lambda: succeeded() == len(ids), 180, "the jobs left queued did not all complete")
     finally:
         procs.close()

@@ -76,3 +76,34 @@ def test_a_bad_file_is_explained_in_words(stack, browser, tmp_path):
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "web-error.png"))
     page.close()
+
+
+def test_the_page_follows_a_job_through_a_gateway_restart(browser, redis_url, prefix, tmp_path):
+    """The stopped gateway ends the page's stream; the page long-polls, says it is reconnecting
+    while nothing answers, and shows the result that the next gateway reports."""
+    import signal
+
+    from tests.integration.procs import Procs
+
+    image = tmp_path / "scene.png"
+    image.write_bytes(scene_png(701, size=(120, 90)))
+    procs = Procs({"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix}, tmp_path)
+    page = browser.new_page()
+    try:
+        first = procs.api()  # no worker yet: the job waits in the queue
+        port = procs.api_port
+        page.goto(procs.url + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        page.set_input_files("#file", str(image))
+        page.click("#go")
+        page.wait_for_function("document.getElementById('status').textContent === 'Queued'", timeout=20_000)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=15)
+        page.wait_for_function("document.getElementById('status').textContent === 'Reconnecting'", timeout=20_000)
+        procs.api(port)
+        procs.worker("web@local")
+        page.wait_for_selector("#results:not([hidden])", timeout=90_000)
+        assert page.inner_text("#status") == "Done"
+    finally:
+        page.close()
+        procs.close()

@@ -29,6 +29,10 @@ class ApiError(Exception):
         self.headers = headers
 
 
+# Redis unreachable: a 503 with Retry-After, or an SSE stream's last event.
+BACKEND_DOWN = ("backend_unavailable", "the job store is unreachable; retry shortly")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -68,9 +72,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     async def _redis_down(_req: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
-        return error_response(
-            503, "backend_unavailable", "the job store is unreachable; retry shortly", {"Retry-After": "5"}
-        )
+        return error_response(503, *BACKEND_DOWN, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -134,13 +134,23 @@ class SegcamClient:
         return r.json()
 
     def events(self, job_id: str, timeout: float = 600.0) -> Iterator[dict]:
-        """Each status change of the job as the server pushes it (SSE), ending with the final one."""
+        """Each status change of the job as the server pushes it (SSE), ending with the final one.
+        A stream that cannot go on ends with an ``error`` event, raised as the answer it stands
+        for: ``BadRequest`` 404 (the job expired), ``ServerError`` 503 (Redis unreachable)."""
         with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(30, read=timeout)) as r:
             if r.status_code >= 400:
                 r.read()
                 raise_for(r)
+            event = "message"
             for line in r.iter_lines():
-                if line.startswith("data: "):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "error":
+                    err = json.loads(line[6:]).get("error") or {}
+                    code, message = err.get("code", "http_error"), err.get("message", "")
+                    status = 404 if code == "job_not_found" else 503 if code == "backend_unavailable" else 500
+                    raise (BadRequest if status < 500 else ServerError)(status, code, message)
+                elif line.startswith("data: "):
                     yield json.loads(line[6:])
 
     def wait(
@@ -164,6 +174,9 @@ class SegcamClient:
                     return update
         except (httpx.HTTPError, json.JSONDecodeError):
             pass  # a proxy that buffers or cuts streams, or a gateway shutting down: poll instead
+        except ServerError as e:
+            if e.status != 503:
+                raise  # Redis unreachable: the polls below wait it out as they would a restart
         failing_since: float | None = None
         attempt = 0
         while True:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import re
 import time
 
+import redis
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal, enforce_rate_limit, principal
 from api.deps import Services, event_hub, services
-from api.errors import ApiError, responses
+from api.errors import BACKEND_DOWN, ApiError, responses
 from api.events import DRAINING, EventHub, Follower
 from api.queueing import enqueue, new_job_id
 from api.validation import SUBMIT_BODY, Submission, build_spec, checked_form
@@ -20,6 +23,8 @@ from shared.jobs import JobRecord
 from shared.presence import live_workers
 from shared.schemas import ARTIFACT_NAMES, STAGES, JobAccepted, JobStatus, JobView
 from shared.views import job_url, job_view
+
+log = logging.getLogger("segcam.api")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -158,6 +163,11 @@ async def get_job(
     return Response(view(svc, rec).model_dump_json(), media_type="application/json")
 
 
+def error_event(code: str, message: str) -> str:
+    """An SSE stream's last event when it cannot go on; the body is an error answer's."""
+    return f"event: error\ndata: {json.dumps({'error': {'code': code, 'message': message}})}\n\n"
+
+
 @router.get(
     "/{job_id}/events",
     summary="Server-Sent Events: each status change (queued with position, running with stage, then final)",
@@ -208,7 +218,10 @@ async def job_events(
                     yield "retry: 1000\n: the gateway is shutting down; reconnect to follow the job\n\n"
                     return
         except ApiError:  # the job expired mid-stream
-            yield 'event: error\ndata: {"error": {"code": "job_not_found", "message": "job expired"}}\n\n'
+            yield error_event("job_not_found", "job expired")
+        except redis.RedisError as e:  # the headers are sent: no 503 now, but a last event saying why
+            log.warning("event stream for %s ended, redis unavailable: %s", job_id, e)
+            yield "retry: 5000\n" + error_event(*BACKEND_DOWN)
         finally:
             await hub.unfollow(follower)
 

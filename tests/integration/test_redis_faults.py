@@ -3,8 +3,10 @@ test stops and starts under a real API and a real worker."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import threading
 import time
 
 import httpx
@@ -97,6 +99,33 @@ def test_redis_unreachable_gives_503_at_once_and_the_api_recovers_by_itself(priv
         again = wait_final(procs.url, submit(procs.url, scene_png(402))["id"], timeout=60)
         assert again["status"] == "succeeded"
         assert job(procs.url, done)["status"] == "succeeded"  # AOF kept the earlier job too
+    finally:
+        procs.close()
+
+
+def test_an_open_event_stream_ends_with_an_error_event_when_redis_goes(private_redis, tmp_path):
+    """Its headers are sent, so no 503 can come: it used to be cut mid-chunk with a traceback in
+    the log ("response already started"); now its last event says why, as a 503 would."""
+    procs = Procs({"SEGCAM_REDIS_URL": private_redis.url}, tmp_path)
+    try:
+        procs.api()  # no worker: the job stays queued and its stream open
+        job_id = submit(procs.url, scene_png(403))["id"]
+        got: list[str] = []
+
+        def stream():
+            with httpx.stream("GET", f"{procs.url}/v1/jobs/{job_id}/events", timeout=30) as r:
+                got.extend(line for line in r.iter_lines() if line)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        wait_until(lambda: got, 10, "the stream's first event")
+        private_redis.stop()
+        t.join(timeout=20)
+        assert not t.is_alive()
+        assert got[0] == "event: queued" and got[-2] == "event: error", got
+        assert json.loads(got[-1].removeprefix("data: "))["error"]["code"] == "backend_unavailable"
+        log = (tmp_path / "api.log").read_text()
+        assert "response already started" not in log and "Traceback" not in log, log[-2000:]
     finally:
         procs.close()
 

@@ -121,6 +121,31 @@ def test_wait_rides_out_a_gateway_restart_and_gives_up_on_one_that_stays_down(mo
         c.wait(JOB["id"])  # a 500 is a bug to report, not a restart to wait out
 
 
+def test_a_stream_that_ends_with_an_error_event_is_raised_as_the_answer_it_stands_for(monkeypatch):
+    """An expired job is a 404 to report; Redis gone is a 503 to wait out by polling. Either
+    used to end ``wait`` in a KeyError on the event's body."""
+    monkeypatch.setattr("client.http.time.sleep", lambda s: None)
+
+    def stream_ending_with(code: str, polls: list):
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/events"):
+                body = (f"event: queued\ndata: {json.dumps({**JOB, 'status': 'queued'})}\n\n"
+                        f"event: error\ndata: {json.dumps({'error': {'code': code, 'message': 'm'}})}\n\n")  # fmt: skip
+                return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+            polls.append(request.url.path)
+            return httpx.Response(200, json={**JOB, "status": "succeeded"})
+
+        return httpx.MockTransport(handler)
+
+    polls: list[str] = []
+    with SegcamClient("http://x", transport=stream_ending_with("job_not_found", polls)) as c:
+        with pytest.raises(BadRequest) as e:
+            c.wait(JOB["id"])
+        assert e.value.status == 404 and e.value.code == "job_not_found" and polls == []
+    with SegcamClient("http://x", transport=stream_ending_with("backend_unavailable", polls)) as c:
+        assert c.wait(JOB["id"])["status"] == "succeeded" and len(polls) == 1
+
+
 def test_the_cli_names_a_missing_file_and_submits_nothing(tmp_path, capsys):
     from client.cli import main
 

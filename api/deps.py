@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from celery import Celery
 from fastapi import Request
 
+from api.eta import Etas
 from shared.artifacts import ArtifactStore
 from shared.celery_app import make_celery
 from shared.jobs import JobStore
@@ -24,18 +25,21 @@ class Services:
     artifacts: ArtifactStore
     models: ModelStore
     celery: Celery
+    etas: Etas
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         client = get_redis(settings)
         keys = Keys(settings.key_prefix)
+        jobs = JobStore(client, keys, settings.job_ttl_s, settings.upload_ttl_s)
         return cls(
             settings=settings,
             keys=keys,
-            jobs=JobStore(client, keys, settings.job_ttl_s, settings.upload_ttl_s),
+            jobs=jobs,
             artifacts=ArtifactStore(client, keys, settings.artifact_ttl_s),
             models=ModelStore(settings.model_dir, cache_ttl_s=settings.model_store_cache_s),
             celery=make_celery(settings, results=False),
+            etas=Etas(jobs, client, keys, settings.events_position_interval_s),
         )
 
     @property

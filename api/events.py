@@ -24,6 +24,8 @@ log = logging.getLogger("segcam.api")
 
 # Put in every inbox when the gateway starts to shut down: answer now, do not wait for the job.
 DRAINING = "draining"
+# "position N": the job's new place in its queue, read by the hub for every follower at once.
+POSITION = "position "
 
 
 class Follower:
@@ -31,8 +33,11 @@ class Follower:
     ``asyncio.wait_for`` would start a task per wait on Python 3.11, and a loop turn or two
     more between the event and the answer."""
 
-    def __init__(self, channels: tuple[str, ...]) -> None:
+    def __init__(self, channels: tuple[str, ...], job_id: str = "", queue: str | None = None) -> None:
         self.channels = channels
+        self.job_id = job_id
+        self.queue = queue  # followed for positions (SSE), or None
+        self.position: int | None = None  # the last one put in the inbox
         self.inbox: deque[str] = deque()
         self._waiter: asyncio.Future | None = None
 
@@ -81,15 +86,21 @@ class EventHub:
         self.wanted = asyncio.Event()  # set by a new follower; wakes a reader parked unsubscribed
         self.closed = False
         self.draining = False
+        self.queue_channels: dict[str, str] = {}  # channel -> queue, for the queues followed
+        self.moved: set[str] = set()  # queue channels whose followers' positions are to be read
+        self.positions: asyncio.Task | None = None
+        self._client: aioredis.Redis | None = None  # for those reads; the pub/sub has its own
 
     async def follow(self, job_id: str, queue: str | None = None) -> Follower:
         """Hear the job's changes and, with ``queue``, its queue's moves (positions for SSE;
         a long poll that only waits for the end leaves the queue out: one wake-up per
         finished job in the queue would otherwise make every waiting poll re-read)."""
         channels = [self.keys.job_events(job_id)] + ([self.keys.queue_events(queue)] if queue else [])
-        f = Follower(tuple(channels))
+        f = Follower(tuple(channels), job_id, queue)
         for c in f.channels:
             self.followers[c].add(f)
+        if queue:
+            self.queue_channels[self.keys.queue_events(queue)] = queue
         if self.draining:
             f.put(DRAINING)
             return f
@@ -118,6 +129,7 @@ class EventHub:
             self.followers[c].discard(f)
             if not self.followers[c]:
                 del self.followers[c]
+                self.queue_channels.pop(c, None)
 
     async def _read(self) -> None:
         pattern = self.keys.events_pattern()
@@ -177,14 +189,63 @@ class EventHub:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg and msg.get("type") == "pmessage":
                 channel, payload = msg["channel"].decode(), msg["data"].decode()
-                for f in list(self.followers.get(channel, ())):
-                    f.put(payload)
+                if channel in self.queue_channels:
+                    self._queue_moved(channel)
+                else:
+                    for f in list(self.followers.get(channel, ())):
+                        f.put(payload)
             if self.followers:
                 idle_since = None
             elif idle_since is None:
                 idle_since = loop.time()
             elif loop.time() - idle_since > self.settings.events_idle_s:
                 return
+
+    def _queue_moved(self, channel: str) -> None:
+        self.moved.add(channel)
+        if self.positions is None or self.positions.done():
+            self.positions = asyncio.create_task(self._read_positions())
+
+    async def _read_positions(self) -> None:
+        """Every follower of a queue that moved gets its position from one pipelined read.
+
+        Each submission and each claim moves a queue; when each SSE stream read its own record
+        for it (and its ETA's inputs), hundreds of open streams made the gateway's event loop
+        block for seconds on Redis round trips. Reads come at most once per
+        ``events_position_interval_s``; a stream reads its record only for its job's own events."""
+        interval = self.settings.events_position_interval_s
+        while self.moved and not self.closed:
+            moved, self.moved = self.moved, set()
+            for channel in moved:
+                fs = list(self.followers.get(channel, ()))
+                queue = self.queue_channels.get(channel)
+                if not fs or queue is None:
+                    continue
+                try:
+                    ranks = await self._ranks(queue, [f.job_id for f in fs])
+                except (redis.RedisError, OSError) as e:  # they read for themselves, and report it
+                    log.warning("queue positions unavailable: %s", e)
+                    for f in fs:
+                        f.put("moved")
+                    continue
+                for f, rank in zip(fs, ranks, strict=True):
+                    if rank is not None and rank != f.position:
+                        f.position = rank
+                        f.put(f"{POSITION}{rank}")
+            await asyncio.sleep(interval)
+
+    async def _ranks(self, queue: str, job_ids: list[str]) -> list[int | None]:
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                socket_connect_timeout=self.settings.redis_connect_timeout_s,
+                socket_timeout=self.settings.redis_socket_timeout_s,
+            )
+        pipe = self._client.pipeline(transaction=False)
+        key = self.keys.queued(queue)
+        for j in job_ids:
+            pipe.zrank(key, j)
+        return [None if r is None else int(r) for r in await pipe.execute()]
 
     def _wake_all(self) -> None:
         for fs in self.followers.values():
@@ -215,3 +276,9 @@ class EventHub:
             await asyncio.wait({task}, timeout=0.1)
         if task is not None and not task.done():
             log.warning("the event stream's reader did not stop within %.0f s; shutting down without it", timeout_s)
+        if self.positions is not None:
+            self.positions.cancel()
+            await asyncio.wait({self.positions}, timeout=1.0)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # With no SSE or ``?wait`` follower for this long, the gateway's event hub unsubscribes (it
     # keeps its connection, so the next follower pays one round trip, not a new connection).
     events_idle_s: float = Field(60.0, gt=0)
+    # An SSE stream's queue position (and ETA) is refreshed at most this often: the gateway
+    # reads every follower's position of a queue that moved in one round trip, not one each.
+    events_position_interval_s: float = Field(1.0, gt=0, le=10)
     # After SIGTERM, how long requests still in flight (a slow upload) may finish before they
     # are cut; long polls and SSE streams answer at once. Under compose's 10 s stop grace.
     api_shutdown_grace_s: int = Field(8, ge=1)

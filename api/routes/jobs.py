@@ -15,12 +15,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.auth import Principal, enforce_rate_limit, principal
 from api.deps import Services, event_hub, services
 from api.errors import BACKEND_DOWN, ApiError, responses
-from api.events import DRAINING, EventHub, Follower
+from api.events import DRAINING, POSITION, EventHub, Follower
 from api.queueing import enqueue, new_job_id
 from api.validation import SUBMIT_BODY, Submission, build_spec, checked_form
 from shared import webhooks
 from shared.jobs import JobRecord
-from shared.presence import live_workers
 from shared.schemas import ARTIFACT_NAMES, STAGES, JobAccepted, JobStatus, JobView
 from shared.views import job_url, job_view
 
@@ -31,23 +30,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def eta_s(svc: Services, rec: JobRecord) -> float | None:
-    """Seconds until the job should finish: its place in the queue, the live workers serving
-    its model and the moving average of their recent per-job service times."""
-    if rec.status.final:
-        return None
-    avg = svc.jobs.mean_service_s(rec.queue)
-    workers = sum(1 for w in live_workers(svc.redis, svc.keys) if rec.spec.model in w.get("models", []))
-    if avg is None or workers == 0:
-        return None
-    if rec.status is JobStatus.running:
-        return round(max(0.0, avg - (time.time() - (rec.started_at or time.time()))), 3)
-    position = rec.position or 0
-    return round((position // workers + 0.5) * avg + avg, 3)
-
-
 def view(svc: Services, rec: JobRecord) -> JobView:
-    return job_view(rec, svc.settings.public_base_url, eta_s(svc, rec))
+    return job_view(rec, svc.settings.public_base_url, svc.etas.of(rec))
 
 
 def load(svc: Services, job_id: str, who: Principal) -> JobRecord:
@@ -208,7 +192,11 @@ async def job_events(
                 messages = await follower.wait(15.0)
                 if not messages:
                     yield ": keep-alive\n\n"
-                current = load(svc, job_id, who)  # also after a quiet spell
+                moves = [m for m in messages if m.startswith(POSITION)]
+                if len(moves) < len(messages) or not messages:
+                    current = load(svc, job_id, who)  # its own news, or a quiet spell
+                elif current.status is JobStatus.queued:  # only its place moved: the hub read it
+                    current = dataclasses.replace(current, position=int(moves[-1].removeprefix(POSITION)))
                 for m in messages:
                     if m in STAGES and (chunk := await event(current, stage=m)):
                         yield chunk

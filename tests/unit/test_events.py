@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from api.events import DRAINING, EventHub
+from api.events import DRAINING, POSITION, EventHub
 
 
 def hub_connection(rclient: redis.Redis, name: str) -> dict | None:
@@ -186,6 +186,51 @@ def test_drain_wakes_every_follower_and_answers_new_ones_at_once(hub):
         assert await asyncio.wait_for(late.wait(10), 1) == [DRAINING] and time.monotonic() - t0 < 0.5
         await hub.unfollow(f)
         await hub.unfollow(late)
+        await hub.close()
+
+    asyncio.run(run())
+
+
+def test_a_queue_move_gives_each_follower_its_position_from_one_read_per_interval(settings, rclient, hub):
+    """Hundreds of SSE streams on one queue each read their own record at every move of it,
+    blocking the gateway for seconds; the hub now reads all their positions in one pipeline,
+    at most once per ``events_position_interval_s``, and tells only those whose place changed."""
+    settings.events_position_interval_s = 0.3
+    queue = "q"
+    ids = [f"{i:032x}" for i in range(4)]
+    rclient.zadd(hub.keys.queued(queue), {j: i for i, j in enumerate(ids)})
+    reads = []
+    real_ranks = hub._ranks
+
+    async def counted(q, job_ids):
+        reads.append(len(job_ids))
+        return await real_ranks(q, job_ids)
+
+    async def positions(f, n: int) -> list[str]:
+        got: list[str] = []
+        while len([m for m in got if m.startswith(POSITION)]) < n:
+            got += await asyncio.wait_for(f.wait(5), 6)
+        return [m for m in got if m.startswith(POSITION)]
+
+    async def run():
+        hub._ranks = counted
+        fs = [await hub.follow(j, queue) for j in ids[1:]]
+        for f in fs:
+            f.inbox.clear()  # the "changed" that the subscription sent
+        rclient.publish(hub.keys.queue_events(queue), "moved")
+        assert [await positions(f, 1) for f in fs] == [["position 1"], ["position 2"], ["position 3"]]
+        assert reads == [3]
+
+        rclient.zrem(hub.keys.queued(queue), ids[0], ids[1])  # two claimed, in quick succession
+        t0 = time.monotonic()
+        for _ in range(5):
+            rclient.publish(hub.keys.queue_events(queue), "moved")
+        assert await positions(fs[1], 1) == ["position 0"] and await positions(fs[2], 1) == ["position 1"]
+        assert time.monotonic() - t0 >= 0.2  # not before the interval since the last read had passed
+        await asyncio.sleep(0.5)
+        assert reads == [3, 3] and not [m for m in fs[0].inbox if m.startswith(POSITION)]  # claimed: no rank
+        for f in fs:
+            await hub.unfollow(f)
         await hub.close()
 
     asyncio.run(run())

@@ -7,6 +7,7 @@ demo``, the integration tests and the benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -151,16 +152,23 @@ class LocalStack:
             time.sleep(0.25)
         raise StackError(f"stack not ready after {timeout_s:.0f}s (last /readyz: {last}); logs in {self.log_dir}")
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60) -> None:
+        """SIGTERM to each process, not to its group: a worker's Celery pool children die of a
+        SIGTERM of their own (Celery resets it in them), so signalling the group cut the
+        running jobs short instead of letting the warm shutdown finish them. What is left of a
+        group once its leader is gone, or after ``timeout_s``, is killed."""
         for p in self.procs.values():
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
         for _name, p in self.procs.items():
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            p.wait()
         self.procs.clear()
         if self.redis_proc is not None:
             self.redis_proc.terminate()

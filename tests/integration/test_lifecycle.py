@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import redis
 
 from client.http import SegcamClient
 from stack.local import API_CMD, python_cmd
@@ -175,3 +176,23 @@ def test_a_worker_told_to_stop_finishes_its_batch_and_leaves_the_queue_to_the_ne
             wait_until(lambda: succeeded() == len(ids), 180, "the jobs left queued did not all complete")
     finally:
         procs.close()
+
+
+def test_stopping_the_local_stack_lets_the_running_job_finish(redis_url, prefix, tmp_path):
+    """``segcam up``'s Ctrl-C and the demo's exit stop the stack through ``LocalStack.stop``. It
+    signalled each process group, and Celery's pool children die of a SIGTERM of their own, so
+    the running job was cut short (to be run again at the next start); now only the leaders are
+    signalled and the warm shutdown finishes it."""
+    from shared.jobs import JobStore
+    from shared.keys import Keys
+    from stack.local import LocalStack
+
+    env = {"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_FAULT_INJECTION": "true",
+           "SEGCAM_MODEL_DIR": str(ROOT / "models" / "store")}  # fmt: skip
+    stack = LocalStack(env=env, workers=1, log_dir=tmp_path)
+    with stack:
+        job_id = submit(stack.url, scene_png(5, fault="sleep:3@preprocess"))["id"]
+        wait_until(lambda: httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()["status"] == "running", 30, "running")
+        time.sleep(0.3)
+    rec = JobStore(redis.Redis.from_url(redis_url), Keys(prefix), 60, 60).get(job_id)
+    assert rec.status.value == "succeeded", (rec.status, (tmp_path / "workers.log").read_text()[-3000:])

@@ -1,10 +1,12 @@
 """Live job updates for SSE streams and long polls, from Redis pub/sub.
 
 One pub/sub connection per API process, while anyone follows a job. A follower hears its
-job's channel (status and stage changes) and its queue's channel (positions moved). A message
+job's channel (status and stage changes) and, for SSE, its place in its queue. A job message
 says what changed (a stage name, a final status, or just "look again"); the follower
 re-reads the job record for everything else, so a missed or repeated message can never
-show a wrong state, and fast stages are still reported one by one.
+show a wrong state, and fast stages are still reported one by one. A queue's moves are not
+passed on as they are: the hub reads the new places of all the queue's followers at once and
+hands each its own (``position N``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Follower:
     async def wait(self, timeout: float) -> list[str]:
         """The messages that arrived within ``timeout`` seconds (empty: nothing changed).
 
-        A message is a stage name (``preprocess``, ``inference``, ...), a final status, or
-        a bare "look again" (``changed``, ``moved``, ``queued <job id>``)."""
+        A message is a stage name (``preprocess``, ``inference``, ...), a final status,
+        ``position N``, ``draining``, or a bare "look again" (``changed``, ``moved``)."""
         if not self.inbox:
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()

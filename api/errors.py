@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from shared.schemas import ErrorResponse
 
@@ -73,6 +74,14 @@ def install(app: FastAPI) -> None:
     async def _redis_down(_req: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return error_response(503, *BACKEND_DOWN, {"Retry-After": "5"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(req: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # A client that hangs up mid-upload (a cancel, a mobile link) is not a server error:
+        # nothing was queued, nobody is there to read an answer, and a traceback per hang-up
+        # would bury the real ones.
+        log.info("client went away before its request to %s was complete; nothing queued", req.url.path)
+        return error_response(400, "client_disconnected", "the request body ended before it was complete")
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -107,6 +107,27 @@ def test_lying_content_length_is_a_4xx_not_a_hang_or_500(stack):
     assert 400 <= status < 500, reply[:300]
 
 
+def test_a_client_that_hangs_up_mid_upload_is_logged_in_one_line_not_as_a_server_error(stack):
+    """Mobile links drop and users cancel: that is no 500 and no traceback in the gateway's log."""
+    log = stack.log_dir / "api.log"
+    before = log.read_text()
+    head = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", stack.api_port), timeout=10) as s:
+        s.sendall(head + b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n' + PNG[:50])
+        time.sleep(0.2)
+    new = ""
+    deadline = time.monotonic() + 10
+    while "client went away" not in new and time.monotonic() < deadline:
+        time.sleep(0.1)
+        new = log.read_text()[len(before) :]
+    assert "client went away" in new, new
+    assert "Traceback" not in new and "unhandled error" not in new, new
+    assert httpx.get(f"{stack.url}/healthz").status_code == 200
+
+
 def test_after_the_whole_corpus_the_workers_still_serve(stack):
     r = httpx.post(f"{stack.url}/v1/jobs", files={"image": ("a.png", PNG)})
     assert wait_final(stack.url, r.json()["id"])["status"] == "succeeded"

@@ -35,10 +35,9 @@ class Follower:
     ``asyncio.wait_for`` would start a task per wait on Python 3.11, and a loop turn or two
     more between the event and the answer."""
 
-    def __init__(self, channels: tuple[str, ...], job_id: str = "", queue: str | None = None) -> None:
+    def __init__(self, channels: tuple[str, ...], job_id: str = "") -> None:
         self.channels = channels
         self.job_id = job_id
-        self.queue = queue  # followed for positions (SSE), or None
         self.position: int | None = None  # the last one put in the inbox
         self.inbox: deque[str] = deque()
         self._waiter: asyncio.Future | None = None
@@ -98,7 +97,7 @@ class EventHub:
         a long poll that only waits for the end leaves the queue out: one wake-up per
         finished job in the queue would otherwise make every waiting poll re-read)."""
         channels = [self.keys.job_events(job_id)] + ([self.keys.queue_events(queue)] if queue else [])
-        f = Follower(tuple(channels), job_id, queue)
+        f = Follower(tuple(channels), job_id)
         for c in f.channels:
             self.followers[c].add(f)
         if queue:

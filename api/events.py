@@ -248,10 +248,10 @@ class EventHub:
             pipe.zrank(key, j)
         return [None if r is None else int(r) for r in await pipe.execute()]
 
-    def _wake_all(self) -> None:
+    def _wake_all(self, message: str = "changed") -> None:
         for fs in self.followers.values():
             for f in fs:
-                f.put("changed")
+                f.put(message)
 
     def drain(self) -> None:
         """Wake every follower, now and to come, with ``DRAINING``. uvicorn waits for every open
@@ -259,9 +259,7 @@ class EventHub:
         until its job ends (a queued job with no worker: for ever), so on SIGTERM the gateway
         first has them answer with the job as it stands; the client follows it on elsewhere."""
         self.draining = True
-        for fs in list(self.followers.values()):
-            for f in fs:
-                f.put(DRAINING)
+        self._wake_all(DRAINING)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop the reader. redis-py can swallow a cancellation that lands while it connects or

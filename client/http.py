@@ -56,8 +56,12 @@ def raise_for(r: httpx.Response) -> None:
         code, message = "http_error", r.text[:200]
     ra = r.headers.get("Retry-After")
     retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
-    cls = RateLimited if r.status_code == 429 else BadRequest if r.status_code < 500 else ServerError
-    raise cls(r.status_code, code, message, retry_after)
+    raise error_for(r.status_code, code, message, retry_after)
+
+
+def error_for(status: int, code: str, message: str, retry_after: float | None = None) -> SegcamError:
+    cls = RateLimited if status == 429 else BadRequest if status < 500 else ServerError
+    return cls(status, code, message, retry_after)
 
 
 class SegcamClient:
@@ -149,7 +153,7 @@ class SegcamClient:
                     err = json.loads(line[6:]).get("error") or {}
                     code, message = err.get("code", "http_error"), err.get("message", "")
                     status = 404 if code == "job_not_found" else 503 if code == "backend_unavailable" else 500
-                    raise (BadRequest if status < 500 else ServerError)(status, code, message)
+                    raise error_for(status, code, message)
                 elif line.startswith("data: "):
                     yield json.loads(line[6:])
 

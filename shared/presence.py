@@ -25,9 +25,17 @@ class Heartbeat(threading.Thread):
         self.client = client
         self.keys = keys
         self.worker = name
-        self.payload = json.dumps({**payload, "name": name})
+        self.description = {**payload, "name": name}
+        self.payload = json.dumps(self.description)
         self.interval_s = interval_s
         self._halt = threading.Event()
+
+    def update(self, **fields) -> None:
+        """Change what the worker says of itself (the models it serves), and say it now rather
+        than at the next beat."""
+        self.description = {**self.description, **fields}
+        self.payload = json.dumps(self.description)
+        self.beat()
 
     def beat(self) -> None:
         ttl_s = self.interval_s * 3

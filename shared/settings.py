@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     default_model: str = "shapes"
     default_method: str = "gradcam"
     model_store_cache_s: float = 2.0  # how long the gateway and workers trust a read of the store
+    # A worker that serves every model (no SEGCAM_WORKER_MODELS) looks at the store this often
+    # for models imported since it started, and consumes their queues too; 0: off
+    model_poll_s: float = 5.0
 
     # --- Completion webhooks ---
     webhook_secret: str = ""  # HMAC-SHA256 key for signing; empty: callback_url is refused

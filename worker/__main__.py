@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     kind = "cpu" if device == "cpu" else "gpu"
     index = device.split(":")[1] if ":" in device else "0"
     name = args.name or f"{kind}{index}@{socket.gethostname()}"
-    # Children and signal handlers read the concrete choices from the environment.
+    # Children and signal handlers read the concrete choices from the environment. The models
+    # stay unpinned when none were named: such a worker also serves models imported after
+    # its start (worker/model_watch.py).
     os.environ["SEGCAM_DEVICE"] = device
     os.environ["SEGCAM_WORKER_NAME"] = name
-    os.environ["SEGCAM_WORKER_MODELS"] = ",".join(models)
     get_settings.cache_clear()
 
     from worker.app import app  # imported late: settings above must be in place first

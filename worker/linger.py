@@ -32,10 +32,15 @@ class QueueWatch:
     def __init__(self, client: redis.Redis, channels: dict[str, str]) -> None:
         """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels."""
         self.client = client
-        self.queues = tuple(channels)
-        self.queue_of = {ch.encode(): q for q, ch in channels.items()}
         self.ps: redis.client.PubSub | None = None
         self.listening = False
+        self.follow(channels)
+
+    def follow(self, channels: dict[str, str]) -> None:
+        """The queues to listen to from the next ``start`` on: a worker that serves every model
+        gains the queue of one imported after it started (``worker/model_watch.py``)."""
+        self.queues = tuple(channels)
+        self.queue_of = {ch.encode(): q for q, ch in channels.items()}
 
     def start(self, timeout: float = 1.0) -> bool:
         """Listen from now on. Returns once Redis has confirmed the subscriptions, so a job

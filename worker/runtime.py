@@ -25,6 +25,7 @@ from worker import shutdown
 from worker.device import resolve_device
 from worker.linger import QueueWatch
 from worker.loader import LoadedModel, ModelCache
+from worker.model_watch import servable
 from worker.pipeline import Item, Pipeline, default_threads
 from worker.runner import JobRunner, software_versions
 
@@ -34,7 +35,9 @@ _runner: JobRunner | None = None
 
 
 def served_models(settings: Settings, store: ModelStore) -> list[str]:
-    return settings.served_models or store.names()
+    """The models named by ``SEGCAM_WORKER_MODELS``, or else every servable model in the store
+    now (the parent's ``ModelWatch`` adds the ones imported later to what it consumes)."""
+    return settings.served_models or servable(store)
 
 
 def warm_up(model: LoadedModel, threads: int = 1) -> None:
@@ -95,7 +98,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_wait_ms=settings.max_wait_ms,
         drain_s=settings.drain_s,
         linger_ms=settings.linger_ms,
-        watch=QueueWatch(client, {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}),
+        watch=QueueWatch(client, queue_channels(keys, models)),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,
@@ -126,6 +129,27 @@ def job_store(settings: Settings | None = None) -> JobStore:
         # only when its jobs did not finish.
         claims_ttl_s=settings.job_ttl_s,
     )
+
+
+def queue_channels(keys: Keys, models: list[str]) -> dict[str, str]:
+    """Each served model's Celery queue -> the pub/sub channel its submissions announce on."""
+    return {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}
+
+
+def follow_new_models(settings: Settings | None = None) -> None:
+    """Before a task: a worker that serves every model listens, while its task lingers or
+    drains, to the queues of the models imported since its pool child started too, so a job
+    of one ends the wait as any other queue's does (its parent consumes that queue by then,
+    or within one ``SEGCAM_MODEL_POLL_S``). Store reads are cached for
+    ``SEGCAM_MODEL_STORE_CACHE_S``, so this costs a task nothing most of the time."""
+    settings = settings or get_settings()
+    r = runner()
+    if settings.served_models or r.watch is None or r.watch.listening:
+        return
+    try:
+        r.watch.follow(queue_channels(Keys(settings.key_prefix), served_models(settings, r.store)))
+    except OSError as e:  # the store is unreadable for a moment: the watch keeps what it had
+        log.warning("model store unreadable: %s", e)
 
 
 def queue_for(model: str) -> str:

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import time
+from functools import partial
 
 from celery import signals
 
@@ -21,11 +22,13 @@ from shared.presence import Heartbeat
 from shared.redis_conn import get_redis
 from shared.settings import get_settings
 from worker import runtime, shutdown
+from worker.model_watch import ModelWatch
 from worker.orphans import OrphanSweep
 
 log = logging.getLogger("segcam.worker")
 _heartbeat: Heartbeat | None = None
 _orphans: OrphanSweep | None = None
+_model_watch: ModelWatch | None = None
 
 
 @signals.setup_logging.connect
@@ -43,10 +46,12 @@ def _load_models(**_kwargs) -> None:
 
 @signals.worker_ready.connect
 def _start_parent_threads(sender=None, **_kwargs) -> None:
-    global _heartbeat, _orphans
+    """``sender`` is the worker's consumer (Celery sends this signal once, when it is ready)."""
+    global _heartbeat, _orphans, _model_watch
     settings = get_settings()
     hostname = getattr(sender, "hostname", None) or os.environ.get("SEGCAM_WORKER_NAME", "worker")
-    models = runtime.served_models(settings, ModelStore(settings.model_dir))
+    store = ModelStore(settings.model_dir)
+    models = runtime.served_models(settings, store)
     payload = {"device": settings.device, "models": models, "pid": os.getpid(), "started_at": time.time()}
     keys = Keys(settings.key_prefix)
     _heartbeat = Heartbeat(get_redis(settings), keys, hostname, payload, settings.worker_heartbeat_s)
@@ -56,6 +61,21 @@ def _start_parent_threads(sender=None, **_kwargs) -> None:
         runtime.job_store(settings), settings.orphan_after_s, settings.unacked_restore_interval_s, queues
     )
     _orphans.start()
+    if not settings.served_models and settings.model_poll_s > 0 and sender is not None:
+        _model_watch = ModelWatch(store, models, partial(_serve_new, sender, keys), settings.model_poll_s)
+        _model_watch.start()
+
+
+def _serve_new(consumer, keys: Keys, new: list[str]) -> None:
+    """Consume the new models' queues (on the consumer's event loop, which ``call_soon`` wakes
+    from this thread; what Celery's ``add_consumer`` control command does), then say so in the
+    heartbeat, whose ``models`` is what the gateway's ``/v1/models`` lists, and sweep their
+    queues for orphans too."""
+    queues = [keys.celery_queue(m) for m in new]
+    for q in queues:
+        consumer.call_soon(consumer.add_task_queue, q)
+    _orphans.queues = (*_orphans.queues, *queues)
+    _heartbeat.update(models=[*_heartbeat.description["models"], *new])
 
 
 @signals.worker_ready.connect
@@ -75,6 +95,8 @@ def _stop_claiming(**_kwargs) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_parent_threads(**_kwargs) -> None:
+    if _model_watch is not None:
+        _model_watch.stop()
     if _orphans is not None:
         _orphans.stop()
     if _heartbeat is not None:

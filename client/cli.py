@@ -75,8 +75,17 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated options, in every subcommand (their parsers are of this class too): with
+    them, ``segcam submit --api URL`` was taken for ``--api-key URL`` and the URL sent as a key."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="segcam", description="Asynchronous segmentation with Grad-CAM explanations")
+    ap = Parser(prog="segcam", description="Asynchronous segmentation with Grad-CAM explanations")
     sub = ap.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run Redis (if needed), the API, workers and Flower on this machine")

@@ -169,3 +169,17 @@ def test_the_cli_says_it_cannot_reach_the_api_instead_of_a_traceback(tmp_path, c
     err = capsys.readouterr().err
     assert rc == 1 and f"cannot reach the API at {url}" in err and "segcam up" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["submit", "a.png", "--api", "http://127.0.0.1:9"], ["status", "abc", "--url=http://x", "--api", "k"],
+     ["models", "import", "w.pt", "--name", "n", "--arch", "a", "--labels", "l.txt", "--vers", "2"]],
+)  # fmt: skip
+def test_the_cli_refuses_an_abbreviated_option_instead_of_guessing_which_one(capsys, argv):
+    """``--api`` is the start of ``--api-key``: taken for it, a URL would be sent as a key."""
+    from client.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "unrecognized arguments: " in capsys.readouterr().err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -29,24 +30,34 @@ log = logging.getLogger("segcam.worker")
 
 
 class QueueWatch:
-    def __init__(self, client: redis.Redis, channels: dict[str, str]) -> None:
-        """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels."""
+    def __init__(
+        self, client: redis.Redis, channels: dict[str, str], follow: Callable[[], dict[str, str]] | None = None
+    ) -> None:
+        """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels.
+        ``follow``: where a worker that serves every model reads them again at each ``start``,
+        to gain the queue of a model imported after it started (``worker/model_watch.py``)."""
         self.client = client
+        self.follow = follow
         self.ps: redis.client.PubSub | None = None
         self.listening = False
-        self.follow(channels)
+        self._set_channels(channels)
 
-    def follow(self, channels: dict[str, str]) -> None:
-        """The queues to listen to from the next ``start`` on: a worker that serves every model
-        gains the queue of one imported after it started (``worker/model_watch.py``)."""
+    def _set_channels(self, channels: dict[str, str]) -> None:
         self.queues = tuple(channels)
         self.queue_of = {ch.encode(): q for q, ch in channels.items()}
 
     def start(self, timeout: float = 1.0) -> bool:
         """Listen from now on. Returns once Redis has confirmed the subscriptions, so a job
-        queued from then on is heard; the caller looks at the queue once more after this."""
+        queued from then on is heard; the caller looks at the queue once more after this.
+        Called once the queue ran dry, after the last job's result went out: the store read
+        of ``follow`` is on no job's path."""
         if self.listening:
             return True
+        if self.follow is not None:
+            try:
+                self._set_channels(self.follow())
+            except OSError as e:  # the store is unreadable for a moment: keep what we had
+                log.warning("model store unreadable: %s", e)
         try:
             if self.ps is None:
                 self.ps = self.client.pubsub()

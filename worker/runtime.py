@@ -98,7 +98,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_wait_ms=settings.max_wait_ms,
         drain_s=settings.drain_s,
         linger_ms=settings.linger_ms,
-        watch=QueueWatch(client, queue_channels(keys, models)),
+        watch=queue_watch(settings, client, keys, store, models),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,
@@ -136,20 +136,16 @@ def queue_channels(keys: Keys, models: list[str]) -> dict[str, str]:
     return {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}
 
 
-def follow_new_models(settings: Settings | None = None) -> None:
-    """Before a task: a worker that serves every model listens, while its task lingers or
-    drains, to the queues of the models imported since its pool child started too, so a job
-    of one ends the wait as any other queue's does (its parent consumes that queue by then,
-    or within one ``SEGCAM_MODEL_POLL_S``). Store reads are cached for
-    ``SEGCAM_MODEL_STORE_CACHE_S``, so this costs a task nothing most of the time."""
-    settings = settings or get_settings()
-    r = runner()
-    if settings.served_models or r.watch is None or r.watch.listening:
-        return
-    try:
-        r.watch.follow(queue_channels(Keys(settings.key_prefix), served_models(settings, r.store)))
-    except OSError as e:  # the store is unreadable for a moment: the watch keeps what it had
-        log.warning("model store unreadable: %s", e)
+def queue_watch(settings: Settings, client, keys: Keys, store: ModelStore, models: list[str]) -> QueueWatch:
+    """What a lingering task listens to: the served models' queues, and, for a worker that
+    serves every model, those of models imported later too (its parent consumes them within
+    ``SEGCAM_MODEL_POLL_S``), so a job of one ends a wait or a drain as any other queue's does.
+    Store reads are cached for ``SEGCAM_MODEL_STORE_CACHE_S``."""
+
+    def follow() -> dict[str, str]:
+        return queue_channels(keys, served_models(settings, store))
+
+    return QueueWatch(client, queue_channels(keys, models), None if settings.served_models else follow)
 
 
 def queue_for(model: str) -> str:

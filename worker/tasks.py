@@ -49,7 +49,6 @@ def fail_claims(token: str, message: str) -> None:
 
 @app.task(name=TASK_SEGMENT, bind=True, base=SegmentTask, ignore_result=True)  # the job record holds the result
 def segment(self, model: str, job_id: str | None = None) -> dict:
-    runtime.follow_new_models()
     return {"jobs": run_through_outages(self.request.id, runtime.queue_for(model), job_id)}
 
 

@@ -15,7 +15,6 @@ from shared.presence import Heartbeat, live_workers
 from shared.settings import Settings
 from tests.conftest import ROOT
 from worker import runtime
-from worker.linger import QueueWatch
 from worker.model_watch import ModelWatch, servable
 
 DEMO = ROOT / "models" / "store" / "shapes"
@@ -109,28 +108,18 @@ def test_a_heartbeat_update_is_visible_at_once(rclient, prefix):
     assert w["models"] == ["shapes", "roads"] and w["device"] == "cpu" and w["name"] == "w1@host"
 
 
-class StandInRunner:
-    def __init__(self, store: ModelStore, watch: QueueWatch) -> None:
-        self.store, self.watch = store, watch
-
-
 @pytest.mark.parametrize("pinned", [False, True], ids=["serves-all", "pinned"])
-def test_the_child_listens_to_a_new_models_queue_unless_its_models_are_pinned(
-    monkeypatch, store, rclient, prefix, redis_url, pinned
-):
+def test_the_child_listens_to_a_new_models_queue_unless_pinned(store, rclient, prefix, redis_url, pinned):
     keys = Keys(prefix)
     settings = Settings(
         redis_url=redis_url, key_prefix=prefix, model_dir=store.root, worker_models="shapes" if pinned else ""
     )
-    watch = QueueWatch(rclient, runtime.queue_channels(keys, ["shapes"]))
-    monkeypatch.setattr(runtime, "runner", lambda: StandInRunner(store, watch))
+    watch = runtime.queue_watch(settings, rclient, keys, store, ["shapes"])
     add_model(store, "roads")
-    runtime.follow_new_models(settings)
+    assert watch.start()  # when a task's queue runs dry, after its last job's result went out
     expected = ["shapes"] if pinned else ["roads", "shapes"]
     assert sorted(watch.queues) == sorted(keys.celery_queue(m) for m in expected)
-    assert sorted(watch.queue_of.values()) == sorted(watch.queues)
-    if not pinned:  # and it hears that queue's submissions
-        assert watch.start()
-        rclient.publish(keys.queue_events(keys.celery_queue("roads")), "queued " + "a" * 32)
-        assert watch.wait(keys.celery_queue("roads"), time.monotonic() + 5) == "a" * 32
-        watch.stop()
+    rclient.publish(keys.queue_events(keys.celery_queue("roads")), "queued " + "a" * 32)
+    heard = watch.wait(keys.celery_queue("roads"), time.monotonic() + (5 if not pinned else 0.3))
+    assert heard == (None if pinned else "a" * 32)
+    watch.stop()

@@ -11,8 +11,8 @@ The thread lives in the worker's parent (no torch, no CUDA): it looks at the mod
 ``SEGCAM_MODEL_POLL_S`` and hands each model that appeared, once its default version resolves,
 to ``on_new``, which starts consuming its queue (``worker/signals.py``). The pool child loads
 the model at its first job, as it loads any version it has not cached. A model is never
-dropped: jobs still queued for one whose versions were deleted get a clear failure from the
-worker instead of waiting for a consumer that will never come.
+dropped: jobs still queued for one whose versions were deleted fail as ``model_unavailable``
+instead of waiting for a consumer that will never come.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from shared.model_store import ModelNotFound, ModelStore
 log = logging.getLogger("segcam.worker")
 
 
-def servable(store: ModelStore, names: list[str] | None = None) -> list[str]:
-    """The models of ``names`` (default: the whole store) whose default version resolves: a
-    model with no version yet, or a hand-edited manifest that no longer validates, is skipped
-    until it does, rather than taking a worker down."""
+def servable(store: ModelStore) -> list[str]:
+    """The store's models whose default version resolves: a model with no version yet, or a
+    hand-edited manifest that no longer validates, is skipped until it does, rather than
+    taking a worker down."""
     out = []
-    for name in store.names() if names is None else names:
+    for name in store.names():
         try:
             store.resolve(name)
         except (ModelNotFound, ValueError) as e:  # ValueError: an aliases file edited by hand

@@ -35,6 +35,13 @@ class Etas:
         self._inputs[(queue, model)] = (now, avg, workers)
         return avg, workers
 
+    def serving(self, rec: JobRecord) -> int | None:
+        """While the job is queued, the live workers that serve its model: 0 tells a client why
+        a job does not move (no worker for that model runs), which an ETA of None alone does not."""
+        if rec.status is not JobStatus.queued:
+            return None
+        return self.inputs(rec.queue, rec.spec.model)[1]
+
     def of(self, rec: JobRecord) -> float | None:
         """Seconds until the job should finish; None when final or nothing to go on."""
         if rec.status.final:

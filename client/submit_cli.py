@@ -45,6 +45,8 @@ class Progress:
         status = job.get("status", "?")
         if status == "queued":
             eta = f", eta {job['eta_s']:.1f}s" if job.get("eta_s") is not None else ""
+            if job.get("workers") == 0:
+                eta = f", no worker serves {job.get('model')} yet"
             text = f"queued, position {job.get('position')}{eta}"
         elif status == "running":
             text = f"running: {job.get('stage') or 'starting'}"

@@ -200,6 +200,11 @@ class JobView(BaseModel):
     eta_s: float | None = Field(
         None, description="Estimated seconds until it finishes (queue position, live workers, recent service times)."
     )
+    workers: int | None = Field(
+        None,
+        description="While queued: the live workers that serve its model. 0: none does, and the job waits until "
+        "one starts (a worker that serves every model takes up a newly imported one within SEGCAM_MODEL_POLL_S).",
+    )
     callback_url: str | None = Field(None, description="Where the final status is posted (signed).")
     webhook: WebhookStatus | None = Field(None, description="Delivery attempts of the completion webhook.")
     error: ErrorInfo | None = None

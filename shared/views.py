@@ -16,7 +16,7 @@ def job_url(base_url: str, job_id: str, suffix: str = "") -> str:
     return f"{base_url}/v1/jobs/{job_id}{suffix}"
 
 
-def job_view(rec: JobRecord, base_url: str = "", eta_s: float | None = None) -> JobView:
+def job_view(rec: JobRecord, base_url: str = "", eta_s: float | None = None, workers: int | None = None) -> JobView:
     result = rec.result
     if result is not None:
         urls = {n: job_url(base_url, rec.id, f"/artifacts/{n}") for n in ARTIFACT_NAMES}
@@ -39,6 +39,7 @@ def job_view(rec: JobRecord, base_url: str = "", eta_s: float | None = None) -> 
         attempts=rec.deliveries,
         worker=rec.worker,
         eta_s=eta_s,
+        workers=workers,
         callback_url=rec.spec.callback_url,
         webhook=rec.webhook,
         error=rec.error,

@@ -31,7 +31,7 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def view(svc: Services, rec: JobRecord) -> JobView:
-    return job_view(rec, svc.settings.public_base_url, svc.etas.of(rec))
+    return job_view(rec, svc.settings.public_base_url, svc.etas.of(rec), svc.etas.serving(rec))
 
 
 def load(svc: Services, job_id: str, who: Principal) -> JobRecord:

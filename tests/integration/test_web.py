@@ -97,6 +97,10 @@ def test_the_page_follows_a_job_through_a_gateway_restart(browser, redis_url, pr
         page.set_input_files("#file", str(image))
         page.click("#go")
         page.wait_for_function("document.getElementById('status').textContent === 'Queued'", timeout=20_000)
+        # Why it does not move: no worker serves its model (the job's `workers` is 0).
+        page.wait_for_function(
+            "document.getElementById('detail').textContent.includes('no worker serves shapes yet')", timeout=10_000
+        )
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=15)
         page.wait_for_function("document.getElementById('status').textContent === 'Reconnecting'", timeout=20_000)

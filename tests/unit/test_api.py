@@ -302,3 +302,22 @@ def test_a_follower_wakes_on_a_message_times_out_empty_and_keeps_what_came_late(
     assert first == ["inference", "cam"] and woke < 1
     assert quiet == [] and waited >= 0.09
     assert late == ["succeeded {}"] and at_once < 0.05
+
+
+def test_a_queued_job_says_how_many_live_workers_serve_its_model(settings, rclient):
+    """0 tells a client why its job does not move; an ETA of None alone does not."""
+    from shared.presence import Heartbeat
+
+    keys = Keys(settings.key_prefix)
+    with TestClient(create_app(settings.model_copy(update={"events_position_interval_s": 0}))) as c:
+        url = c.post("/v1/jobs", files={"image": ("x.png", png())}).json()["url"]
+        assert c.get(url).json()["workers"] == 0
+        other = Heartbeat(rclient, keys, "w-other@h", {"device": "cpu", "models": ["roads"]}, interval_s=60)
+        other.beat()
+        assert c.get(url).json()["workers"] == 0  # alive, but not for this model
+        ours = Heartbeat(rclient, keys, "w-ours@h", {"device": "cpu", "models": ["shapes"]}, interval_s=60)
+        ours.beat()
+        job = c.get(url).json()
+        assert job["workers"] == 1 and job["status"] == "queued"
+        other.update(models=["roads", "shapes"])  # a worker that took the model up later
+        assert c.get(url).json()["workers"] == 2

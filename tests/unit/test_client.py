@@ -183,3 +183,16 @@ def test_the_cli_refuses_an_abbreviated_option_instead_of_guessing_which_one(cap
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "unrecognized arguments: " in capsys.readouterr().err
+
+
+def test_the_cli_says_when_no_worker_serves_a_queued_jobs_model():
+    import io
+
+    from client.submit_cli import Progress
+
+    out = io.StringIO()
+    p = Progress(["a.png", "b.png"], stream=out)
+    p.update("a.png", {"status": "queued", "position": 0, "model": "roads", "workers": 0, "eta_s": None})
+    p.update("b.png", {"status": "queued", "position": 1, "model": "shapes", "workers": 1, "eta_s": 2.0})
+    assert p.lines["a.png"] == "queued, position 0, no worker serves roads yet"
+    assert p.lines["b.png"] == "queued, position 1, eta 2.0s"

@@ -83,6 +83,14 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """An unknown argument is refused by the subcommand it was given to, so the message shows
+        that subcommand's usage (``submit``'s ``--url``), not the top level's list of commands."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="segcam", description="Asynchronous segmentation with Grad-CAM explanations")

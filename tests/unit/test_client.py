@@ -182,7 +182,11 @@ def test_the_cli_refuses_an_abbreviated_option_instead_of_guessing_which_one(cap
 
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code == 2 and "unrecognized arguments: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: " in err
+    # Refused by the subcommand, whose usage lists the option meant (submit's --url), not the top level's.
+    command = " ".join(a for a in argv[:2] if a in ("submit", "status", "models", "import"))
+    assert f"segcam {command}: error:" in err and f"usage: segcam {command}" in err
 
 
 def test_the_cli_says_when_no_worker_serves_a_queued_jobs_model():

@@ -6,8 +6,10 @@ import json
 import os
 import sys
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from client.http import ARTIFACTS, SegcamClient, SegcamError
 
@@ -18,15 +20,44 @@ def default_url() -> str:
     return os.environ.get("SEGCAM_URL", "http://127.0.0.1:8000")
 
 
-def expand(paths: list[str]) -> list[Path]:
-    """Files as given; folders expanded to the images inside them (sorted)."""
-    out: list[Path] = []
+class Inputs(NamedTuple):
+    """What ``segcam submit`` was given, each image once, with the name it is shown and stored under."""
+
+    files: list[Path]
+    names: list[str]  # the path under the folder given (or the folder the files given share), unique
+    skipped: list[Path]  # files in the folders given whose suffix is not an image's
+
+
+def collect(paths: list[str]) -> Inputs:
+    """Files as given; folders walked for images (sorted), hidden files and folders passed over.
+
+    Names keep the folders below the one given: ``a/cat.png`` and ``b/cat.png`` are two images,
+    and their results must not land in one ``cat/`` folder, the second overwriting the first."""
+    files: list[Path] = []
+    skipped: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(p)
-    return out
+        if not p.is_dir():
+            files.append(p)
+            continue
+        for f in sorted(p.rglob("*")):
+            if any(part.startswith(".") for part in f.relative_to(p).parts) or not f.is_file():
+                continue
+            (files if f.suffix.lower() in IMAGE_SUFFIXES else skipped).append(f)
+    roots = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in paths]
+    base = os.path.commonpath(roots) if roots else "."
+    seen: dict[str, Path] = {}
+    for f in files:  # the same file given twice (a folder and a file in it) is submitted once
+        seen.setdefault(Path(os.path.relpath(os.path.abspath(f), base)).as_posix(), f)
+    return Inputs(list(seen.values()), list(seen), skipped)
+
+
+def result_dirs(names: list[str]) -> list[str]:
+    """Where each image's results go under ``--out``: its name without the suffix (``sub/cat``),
+    unless two would share it (``cat.png`` and ``cat.jpg``), which keep theirs."""
+    stems = [PurePosixPath(n).with_suffix("").as_posix() for n in names]
+    counts = Counter(stems)
+    dirs = [stem if counts[stem] == 1 else name for stem, name in zip(stems, names, strict=True)]
+    return dirs if len(set(dirs)) == len(dirs) else list(names)  # names are unique; stems mixed with them may not be
 
 
 class Progress:
@@ -73,7 +104,11 @@ class Progress:
 
 
 def cmd_submit(args) -> int:
-    files = expand(args.images)
+    files, names, skipped = collect(args.images)
+    if skipped:  # a folder's other files are not sent, but not in silence: a .jpe or .ico would be missed
+        shown = ", ".join(str(f) for f in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"segcam submit: skipped {len(skipped)} file(s) whose suffix is not an image's: {shown}",
+              file=sys.stderr)  # fmt: skip
     if not files:
         print("segcam submit: no images found", file=sys.stderr)
         return 2
@@ -81,7 +116,7 @@ def cmd_submit(args) -> int:
     if missing:  # before anything is submitted: half a folder queued is harder to redo than none
         print(f"segcam submit: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    names = [f.name if len(files) == len({x.name for x in files}) else str(f) for f in files]
+    dirs = dict(zip(names, result_dirs(names), strict=True))
     progress = Progress(names)
     out_dir = Path(args.out) if args.out else None
     failures = 0
@@ -102,7 +137,7 @@ def cmd_submit(args) -> int:
             job = client.wait(acc["id"], timeout=args.timeout, on_update=lambda j: progress.update(name, j))
             progress.update(name, job)
             if out_dir and job["status"] == "succeeded":
-                d = out_dir / Path(name).stem
+                d = out_dir / dirs[name]
                 d.mkdir(parents=True, exist_ok=True)
                 for a in ARTIFACTS:
                     (d / f"{a}.png").write_bytes(client.download(job["id"], a))
@@ -163,7 +198,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--method")
     s.add_argument("--priority", choices=["high", "normal", "low"])
     s.add_argument("--wait", action="store_true", help="follow each job until it is done")
-    s.add_argument("--out", help="write each job's mask, heatmap, overlay and result.json under OUT/<image>/")
+    s.add_argument(
+        "--out", help="write each job's mask, heatmap, overlay and result.json under OUT/<image path without suffix>/"
+    )
     s.add_argument("--timeout", type=float, default=600)
     add_common(s)
     s.set_defaults(func=cmd_submit)

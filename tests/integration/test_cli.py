@@ -28,11 +28,13 @@ def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(sta
     for i in range(3):
         (folder / f"img{i}.png").write_bytes(scene_png(500 + i, size=(120 + 10 * i, 90)))
     (folder / "notes.txt").write_text("not an image; skipped by suffix")
+    (folder / "more").mkdir()  # same file name one folder down: its own results, not img0's overwritten
+    (folder / "more" / "img0.png").write_bytes(scene_png(503, size=(150, 90)))
     out = tmp_path / "out"
     done = segcam(stack, "submit", str(folder), "--wait", "--out", str(out), "--method", "layercam")
     assert done.returncode == 0, done.stderr
-    for i in range(3):
-        d = out / f"img{i}"
+    assert "skipped 1 file(s)" in done.stderr and "wrote 4 result(s)" in done.stderr
+    for i, d in [(0, out / "img0"), (1, out / "img1"), (2, out / "img2"), (3, out / "more" / "img0")]:
         assert Image.open(d / "overlay.png").size == (120 + 10 * i, 90)
         result = json.loads((d / "result.json").read_text())
         assert result["status"] == "succeeded" and result["method"] == "layercam"

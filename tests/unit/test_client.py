@@ -200,3 +200,31 @@ def test_the_cli_says_when_no_worker_serves_a_queued_jobs_model():
     p.update("b.png", {"status": "queued", "position": 1, "model": "shapes", "workers": 1, "eta_s": 2.0})
     assert p.lines["a.png"] == "queued, position 0, no worker serves roads yet"
     assert p.lines["b.png"] == "queued, position 1, eta 2.0s"
+
+
+def test_submit_keeps_a_folders_subfolders_so_no_two_images_share_a_result_folder(tmp_path, capsys):
+    """``a/cat.png`` and ``b/cat.png``, or ``cat.png`` and ``cat.jpg``, once wrote into one ``cat/``,
+    the second job's results overwriting the first's while the CLI counted both as written."""
+    from client.submit_cli import collect, result_dirs
+
+    root = tmp_path / "photos"
+    for rel in ["cat.png", "cat.jpg", "dog.png", "a/cat.png", "b/cat.PNG", "notes.txt", ".cache/x.png", "b/.x.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    got = collect([str(root), str(root / "dog.png")])  # dog.png twice: once through its folder
+    assert got.names == ["a/cat.png", "b/cat.PNG", "cat.jpg", "cat.png", "dog.png"]
+    assert got.files == [root / n for n in got.names]
+    assert got.skipped == [root / "notes.txt"]  # hidden files and folders are passed over, not reported
+    assert result_dirs(got.names) == ["a/cat", "b/cat", "cat.jpg", "cat.png", "dog"]
+    # Two folders given: each keeps its own name, so their images stay apart too.
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "cat.png").write_bytes(b"x")
+    assert collect([str(root / "a"), str(tmp_path / "more")]).names == ["photos/a/cat.png", "more/cat.png"]
+    # A stem that equals another image's kept name falls back to every name.
+    assert result_dirs(["x.png", "x.jpg", "x.png.gif"]) == ["x.png", "x.jpg", "x.png.gif"]
+
+    from client.cli import main
+
+    # The folder's other files are named, not dropped in silence (no API here: nothing to submit).
+    assert main(["submit", str(root), "--url", "http://127.0.0.1:9"]) == 1
+    assert "skipped 1 file(s) whose suffix is not an image's: " in capsys.readouterr().err

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 FINAL = {"succeeded", "failed", "cancelled"}
+# A request that may or may not have reached the gateway: refused, cut, or unanswered in time.
+LOST = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.TimeoutException)
 ARTIFACTS = ("mask", "heatmap", "overlay")
 
 
@@ -74,7 +77,17 @@ class SegcamClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
+        self.answered = False  # has a gateway ever taken a connection from this client? then a refusal is a restart
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers=headers,
+            transport=transport,
+            event_hooks={"response": [self._answered]},
+        )
+
+    def _answered(self, response: httpx.Response) -> None:
+        self.answered = True
 
     def close(self) -> None:
         self.http.close()
@@ -98,9 +111,15 @@ class SegcamClient:
         filename: str = "image",
         retries: int = 3,
         wait: float = 0,
+        reconnect_s: float = 30.0,
     ) -> dict:
         """The accepted job (``id``, ``status``, ``position``); with ``wait`` seconds, the final
-        job itself when it ends within them (one request instead of submit + wait)."""
+        job itself when it ends within them (one request instead of submit + wait).
+
+        Every submission carries an ``Idempotency-Key`` (a fresh one unless given), so one whose
+        answer was lost (the gateway restarted, the connection dropped) is sent again for up to
+        ``reconnect_s`` seconds in a row and gets back the job it made, never a second job. A
+        connection refused before any gateway ever answered this client is raised at once."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         if not isinstance(image, bytes):
             filename = Path(image).name
@@ -113,24 +132,40 @@ class SegcamClient:
             "routing_key": routing_key,
         }
         form = {k: str(v) for k, v in fields.items() if v is not None}
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        for attempt in range(retries + 1):
-            r = self.http.post(
-                "/v1/jobs",
-                files={"image": (filename, data)},
-                data=form,
-                headers=headers,
-                params={"wait": wait} if wait else None,
-                timeout=wait + 30,
-            )
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        refusals, attempt, failing_since = 0, 0, None
+        while True:
+            try:
+                r = self.http.post(
+                    "/v1/jobs",
+                    files={"image": (filename, data)},
+                    data=form,
+                    headers=headers,
+                    params={"wait": wait} if wait else None,
+                    timeout=wait + 30,
+                )
+            except LOST as e:  # sent or not, the key makes sending it again safe
+                if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+                    if not self.answered:
+                        raise  # nothing ever answered here: a wrong URL or a stack not started, said at once
+                else:
+                    self.answered = True  # a gateway took the connection, then cut it: a restart
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= reconnect_s:
+                    raise
+                attempt += 1
+                time.sleep(min(0.25 * 2**attempt, 4.0))
+                continue
+            failing_since, attempt = None, 0
             try:
                 raise_for(r)
                 return r.json()
             except (RateLimited, ServerError) as e:
-                if attempt == retries or (isinstance(e, ServerError) and e.status != 503):
+                if refusals == retries or (isinstance(e, ServerError) and e.status != 503):
                     raise
-                time.sleep(min(e.retry_after or 2.0 * 2**attempt, 60.0))
-        raise AssertionError("unreachable")
+                time.sleep(min(e.retry_after or 2.0 * 2**refusals, 60.0))
+                refusals += 1
 
     def status(self, job_id: str, wait: float = 0) -> dict:
         r = self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None, timeout=wait + 30)

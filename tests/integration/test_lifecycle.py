@@ -116,7 +116,8 @@ def test_an_upload_stalled_past_the_shutdown_grace_is_cut_and_the_api_exits(redi
 
 def test_a_client_waiting_on_a_job_rides_out_a_gateway_restart(redis_url, prefix, tmp_path):
     """The job is in Redis, not in the gateway: a client following it through a restart gets
-    its result from the next gateway instead of an error."""
+    its result from the next gateway instead of an error, and a client submitting while no
+    gateway answers sends its job again (same Idempotency-Key) until the next one takes it."""
     procs = Procs({"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix}, tmp_path)
     try:
         first = procs.api()
@@ -134,15 +135,29 @@ def test_a_client_waiting_on_a_job_rides_out_a_gateway_restart(redis_url, prefix
 
         t = threading.Thread(target=wait)
         t.start()
+        submitter = SegcamClient(procs.url)
+        submitter.models()  # this client has talked to the gateway: a refusal from now on is a restart
+
+        def submit_meanwhile():
+            try:
+                got["late"] = submitter.submit(scene_png(4))
+            except Exception as e:  # reported by the assertion below
+                got["late_error"] = e
+
         time.sleep(1.0)
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=15)
+        late = threading.Thread(target=submit_meanwhile)  # sent while nothing answers: refused, sent again
+        late.start()
         time.sleep(1.0)  # nothing answers on the port for a while
         procs.api(port)
         procs.worker("restart@local")
         t.join(timeout=120)
-        assert "error" not in got, got
+        late.join(timeout=60)
+        assert "error" not in got and "late_error" not in got, got
         assert got["job"]["status"] == "succeeded" and seen[0] == "queued", (got, seen)
+        assert submitter.wait(got["late"]["id"], timeout=60)["status"] == "succeeded"
+        submitter.close()
     finally:
         procs.close()
 

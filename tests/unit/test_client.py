@@ -43,6 +43,57 @@ def test_submit_with_wait_asks_the_server_to_hold_the_answer():
     assert seen == [{"wait": "12"}, {}]
 
 
+def handler_ok(request: httpx.Request, keys: list) -> httpx.Response:
+    keys.append(request.headers.get("Idempotency-Key"))
+    return httpx.Response(202, json=JOB)
+
+
+def test_a_submission_whose_answer_was_lost_is_sent_again_with_its_key_and_gets_its_one_job(monkeypatch):
+    """A gateway restart refuses the connection, or cuts it after the job was queued: the client
+    sends the same request with the same Idempotency-Key, so the answer is that job, not a second."""
+    monkeypatch.setattr("client.http.time.sleep", lambda s: None)
+    keys: list[str | None] = []
+    answers = iter(["cut after queueing", "refused", "replay"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("Idempotency-Key"))
+        a = next(answers)
+        if a == "refused":
+            raise httpx.ConnectError("connection refused")
+        if a == "cut after queueing":
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(202, json=JOB, headers={"Idempotent-Replayed": "true"})
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.submit(b"img")["id"] == JOB["id"]
+        assert len(keys) == 3 and keys[0] and len(set(keys)) == 1
+    with SegcamClient("http://x", transport=httpx.MockTransport(lambda r: handler_ok(r, keys))) as c:
+        c.submit(b"img")
+        c.submit(b"img", idempotency_key="mine")
+    assert keys[3] not in (keys[0], None) and keys[4] == "mine"  # a fresh key per submission; a given one kept
+
+    clock = iter(range(0, 1000, 10))  # each look at the clock 10 s later: a gateway that stays down
+    monkeypatch.setattr("client.http.time.monotonic", lambda: next(clock))
+    tries = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        tries.append(1)
+        raise httpx.ConnectError("connection refused")
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(down)) as c, pytest.raises(httpx.ConnectError):
+        c.submit(b"img", reconnect_s=30)
+    assert len(tries) == 1  # nothing ever answered at this URL: said at once, not after 30 s
+    up = iter([True])  # answers once (GET /v1/models), then refuses: a restart to wait out, not a wrong URL
+
+    def restarting(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"models": []}) if next(up, False) else down(request)
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(restarting)) as c, pytest.raises(httpx.ConnectError):
+        c.models()
+        c.submit(b"img", reconnect_s=30)
+    assert len(tries) == 1 + 4
+
+
 def test_errors_map_to_exceptions_with_code_and_retry_after():
     responses = iter(
         [err(429, "rate_limited", **{"Retry-After": "7"}), err(415, "not_an_image"), err(500, "internal_error")]

@@ -133,18 +133,36 @@ class SegcamClient:
         }
         form = {k: str(v) for k, v in fields.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        refusals, attempt, failing_since = 0, 0, None
+        refusals = 0
         while True:
-            try:
-                r = self.http.post(
+            r = self._send(
+                lambda: self.http.post(
                     "/v1/jobs",
                     files={"image": (filename, data)},
                     data=form,
                     headers=headers,
                     params={"wait": wait} if wait else None,
                     timeout=wait + 30,
-                )
-            except LOST as e:  # sent or not, the key makes sending it again safe
+                ),
+                reconnect_s,
+            )
+            try:
+                raise_for(r)
+                return r.json()
+            except (RateLimited, ServerError) as e:
+                if refusals == retries or (isinstance(e, ServerError) and e.status != 503):
+                    raise
+                time.sleep(min(e.retry_after or 2.0 * 2**refusals, 60.0))
+                refusals += 1
+
+    def _send(self, request: Callable[[], httpx.Response], reconnect_s: float) -> httpx.Response:
+        """``request()``, made again while its answer is lost for up to ``reconnect_s`` s in a row:
+        safe for a submission with its Idempotency-Key and for reads."""
+        attempt, failing_since = 0, None
+        while True:
+            try:
+                return request()
+            except LOST as e:
                 if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
                     if not self.answered:
                         raise  # nothing ever answered here: a wrong URL or a stack not started, said at once
@@ -156,16 +174,6 @@ class SegcamClient:
                     raise
                 attempt += 1
                 time.sleep(min(0.25 * 2**attempt, 4.0))
-                continue
-            failing_since, attempt = None, 0
-            try:
-                raise_for(r)
-                return r.json()
-            except (RateLimited, ServerError) as e:
-                if refusals == retries or (isinstance(e, ServerError) and e.status != 503):
-                    raise
-                time.sleep(min(e.retry_after or 2.0 * 2**refusals, 60.0))
-                refusals += 1
 
     def status(self, job_id: str, wait: float = 0) -> dict:
         r = self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None, timeout=wait + 30)
@@ -245,8 +253,8 @@ class SegcamClient:
         raise_for(r)
         return r.json()
 
-    def download(self, job_id: str, name: str) -> bytes:
-        r = self.http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+    def download(self, job_id: str, name: str, reconnect_s: float = 30.0) -> bytes:
+        r = self._send(lambda: self.http.get(f"/v1/jobs/{job_id}/artifacts/{name}"), reconnect_s)
         raise_for(r)
         return r.content
 

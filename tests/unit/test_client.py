@@ -279,3 +279,19 @@ def test_submit_keeps_a_folders_subfolders_so_no_two_images_share_a_result_folde
     # The folder's other files are named, not dropped in silence (no API here: nothing to submit).
     assert main(["submit", str(root), "--url", "http://127.0.0.1:9"]) == 1
     assert "skipped 1 file(s) whose suffix is not an image's: " in capsys.readouterr().err
+
+
+def test_a_download_cut_by_a_gateway_restart_is_asked_for_again(monkeypatch):
+    """``segcam submit --out`` downloads three artifacts per job; one refused mid-restart used to
+    end the whole command with the other jobs' results unwritten."""
+    monkeypatch.setattr("client.http.time.sleep", lambda s: None)
+    answers = iter(["ok", "refused", "refused", "ok"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if next(answers) == "refused":
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, content=b"\x89PNG")
+
+    with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        assert c.download(JOB["id"], "mask") == b"\x89PNG"
+        assert c.download(JOB["id"], "overlay") == b"\x89PNG"

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+import httpx
+
 from client.http import ARTIFACTS, SegcamClient, SegcamError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -134,14 +136,24 @@ def cmd_submit(args) -> int:
             if not (args.wait or out_dir):
                 progress.set(name, f"queued as {acc['id']}")
                 return acc
-            job = client.wait(acc["id"], timeout=args.timeout, on_update=lambda j: progress.update(name, j))
-            progress.update(name, job)
-            if out_dir and job["status"] == "succeeded":
-                d = out_dir / dirs[name]
-                d.mkdir(parents=True, exist_ok=True)
-                for a in ARTIFACTS:
-                    (d / f"{a}.png").write_bytes(client.download(job["id"], a))
-                (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
+            # Accepted, so whatever happens from here the job goes on: say where to find it, and let
+            # the other images' jobs finish instead of ending the command with a traceback.
+            follow = f"segcam status {acc['id']} --wait 60"
+            try:
+                job = client.wait(acc["id"], timeout=args.timeout, on_update=lambda j: progress.update(name, j))
+                progress.update(name, job)
+                if out_dir and job["status"] == "succeeded":
+                    d = out_dir / dirs[name]
+                    d.mkdir(parents=True, exist_ok=True)
+                    for a in ARTIFACTS:
+                        (d / f"{a}.png").write_bytes(client.download(job["id"], a))
+                    (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
+            except TimeoutError:
+                progress.set(name, f"not finished after --timeout {args.timeout:g}s; follow it: {follow}")
+                return None
+            except (SegcamError, httpx.TransportError) as e:
+                progress.set(name, f"lost track of it ({e or type(e).__name__}); follow it: {follow}")
+                return None
             return job
 
         with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:

@@ -295,3 +295,45 @@ def test_a_download_cut_by_a_gateway_restart_is_asked_for_again(monkeypatch):
     with SegcamClient("http://x", transport=httpx.MockTransport(handler)) as c:
         assert c.download(JOB["id"], "mask") == b"\x89PNG"
         assert c.download(JOB["id"], "overlay") == b"\x89PNG"
+
+
+def test_the_cli_names_a_job_it_stopped_following_and_finishes_the_others(tmp_path, capsys, monkeypatch):
+    """``--timeout`` passed, or the job expired: that image's line says how to follow its job, the
+    other images' jobs are still waited for and written, and the exit status is 1. It used to
+    end the whole command with a TimeoutError traceback."""
+    from client import submit_cli
+    from client.cli import main
+
+    ids = {"slow.png": "1" * 32, "fast.png": "2" * 32, "gone.png": "3" * 32}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            name = request.content.split(b'filename="')[1].split(b'"')[0].decode()
+            return httpx.Response(202, json={**JOB, "id": ids[name]})
+        job_id = request.url.path.split("/")[3]
+        if job_id == ids["gone.png"]:
+            return err(404, "job_not_found")
+        if request.url.path.endswith("/events"):
+            return httpx.Response(503, json={"error": {"code": "x", "message": "no stream"}})
+        if "/artifacts/" in request.url.path:
+            return httpx.Response(200, content=b"png")
+        done = job_id == ids["fast.png"]
+        return httpx.Response(200, json={**JOB, "id": job_id, "status": "succeeded" if done else "queued"})
+
+    real = submit_cli.SegcamClient
+    monkeypatch.setattr(
+        submit_cli, "SegcamClient", lambda *a, **k: real(*a, transport=httpx.MockTransport(handler), **k)
+    )
+    for n in ids:
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / n).write_bytes(b"x")
+    rc = main(["submit", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--timeout", "0.3", "--url", "http://x"])
+    err_text = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err_text
+    assert f"not finished after --timeout 0.3s; follow it: segcam status {ids['slow.png']} --wait 60" in err_text
+    assert (
+        f"lost track of it (404 job_not_found: job_not_found happened); follow it: segcam status {ids['gone.png']}"
+        in err_text
+    )
+    assert (tmp_path / "out" / "fast" / "mask.png").read_bytes() == b"png"
+    assert "wrote 1 result(s)" in err_text

@@ -160,6 +160,11 @@ def add_parser(sub) -> None:
     tr.add_argument("split", nargs="*", metavar="ALIAS_OR_VERSION=WEIGHT")
     tr.set_defaults(func=cmd_traffic)
 
+    # ``segcam models import w.pt ... --store DIR`` is how it is typed: accepted after the
+    # subcommand too (SUPPRESS: not given there, the value given before it stands).
+    for p in msub.choices.values():
+        p.add_argument("--store", default=argparse.SUPPRESS, help="model store directory (default: SEGCAM_MODEL_DIR)")
+
 
 def run(args) -> int:
     if args.models_command is None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from shared.model_store import ModelManifest, ModelStore, Normalization, StoreError
+from shared.model_store import ModelManifest, ModelStore, Normalization, StoreError, sha256_file
 from shared.schemas import Method
 from worker.archs.registry import ARCHS
 from worker.loader import ModelLoadError, build_from_file
 from worker.pipeline import Item, Pipeline
+from worker.weights import WeightsError, read_state_dict
 
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 DEFAULTS = {  # architecture: (input size, normalisation)
@@ -81,13 +82,31 @@ def import_model(
         created_at=datetime.now(UTC),
         metadata=metadata or {},
     )
-    try:
-        check_runs(manifest, weights)
-    except (ModelLoadError, RuntimeError, ValueError, KeyError) as e:
-        raise StoreError(f"{manifest.ref}: the weights do not load as {architecture}: {e}"[:800]) from None
-    manifest = store.add_version(manifest, weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        if fmt == "state_dict":
+            weights, manifest = _plain_state_dict(weights, manifest, Path(tmp))
+        try:
+            check_runs(manifest, weights)
+        except (ModelLoadError, RuntimeError, ValueError, KeyError) as e:
+            raise StoreError(f"{manifest.ref}: the weights do not load as {architecture}: {e}"[:800]) from None
+        manifest = store.add_version(manifest, weights)
     store.set_alias(name, manifest.version, "latest")
     return manifest
+
+
+def _plain_state_dict(weights: Path, manifest: ModelManifest, tmp: Path) -> tuple[Path, ModelManifest]:
+    """A checkpoint or a wrapper's keys become a plain state_dict, the file the store keeps; the
+    manifest says what was done and the source file's sha256, so the version traces back to it."""
+    try:
+        state, notes = read_state_dict(weights)
+    except WeightsError as e:
+        raise StoreError(f"{manifest.ref}: {e}") from None
+    if not notes:
+        return weights, manifest
+    plain = tmp / "weights.pt"
+    torch.save(state, plain)
+    metadata = {**manifest.metadata, "converted": "; ".join(notes), "source_sha256": sha256_file(weights)}
+    return plain, manifest.model_copy(update={"metadata": metadata})
 
 
 def check_runs(manifest: ModelManifest, weights: Path) -> None:

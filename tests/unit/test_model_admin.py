@@ -14,7 +14,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from shared.model_store import ModelManifest, ModelStore, Normalization, StoreError
+from shared.model_store import ModelManifest, ModelStore, Normalization, StoreError, sha256_file
 from shared.schemas import Method
 from tests.conftest import ROOT
 from training.shapes import held_out
@@ -128,6 +128,56 @@ def test_weights_that_do_not_fit_the_architecture_are_refused_at_import(store):
     assert not any(store.root.glob("*/*/manifest.json"))  # nothing half-imported
 
 
+def test_the_usual_shapes_of_a_weights_file_import_as_the_plain_state_dict(store, tmp_path):
+    """A training checkpoint and a DDP or torch.compile wrapper's keys are what people have: they
+    import as the same plain state_dict (the stored file the worker loads strictly), and the
+    manifest says what was done and the source's sha256."""
+    state = torch.load(DEMO / "weights.pt", weights_only=True)
+    forms = {
+        "checkpoint": {"model": state, "epoch": 7, "best_miou": 0.95, "optimizer": {"lr": 0.001}},
+        "ddp": {f"module.{k}": v for k, v in state.items()},
+        "compiled_in_ddp": {f"module._orig_mod.{k}": v for k, v in state.items()},
+        "lightning": {"state_dict": {f"module.{k}": v for k, v in state.items()}, "global_step": 3},
+    }
+    for form, obj in forms.items():
+        torch.save(obj, tmp_path / f"{form}.pt")
+        m = import_model(store, tmp_path / f"{form}.pt", name=form.replace("_", "-"), architecture="shapes_unet",
+                         labels=LABELS, arch_kwargs={"width": 16}, target_layer="dec1")  # fmt: skip
+        stored = torch.load(store.weights_path(m), weights_only=True)
+        assert stored.keys() == state.keys() and all(torch.equal(stored[k], state[k]) for k in state), form
+        assert m.metadata["source_sha256"] == sha256_file(tmp_path / f"{form}.pt") and m.metadata["converted"], form
+    assert store.resolve("ddp").metadata["converted"] == "removed the 'module.' key prefix"
+    assert store.resolve("checkpoint").metadata["converted"].startswith("took checkpoint['model'] (beside ")
+    assert "metadata" not in demo_import(store).model_dump(exclude_defaults=True)  # a plain file: left as it is
+
+
+def test_a_weights_file_that_is_not_a_state_dict_is_refused_in_a_line_saying_what_to_save(store, tmp_path):
+    net = ShapesUNet(num_classes=4, width=16)
+    bad = {"whole_model": net, "text": None, "hparams_only": {"epoch": 3, "lr": 0.1}, "tensor_list": [torch.zeros(2)]}
+    for name, obj in bad.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_text("not a torch file\n") if obj is None else torch.save(obj, path)
+        with pytest.raises(StoreError) as e:
+            import_model(store, path, name="bad", architecture="shapes_unet", labels=LABELS, arch_kwargs={"width": 16})
+        bad[name] = str(e.value)
+    assert "holds pickled Python objects (a worker.archs.shapes_unet.ShapesUNet)" in bad["whole_model"]
+    assert "torch.save(model.state_dict(), 'weights.pt')" in bad["whole_model"]
+    assert "text.pt is not a file torch.save wrote" in bad["text"]
+    assert "it holds a dict with keys epoch, lr" in bad["hparams_only"] and "it holds list" in bad["tensor_list"]
+    assert not any(store.root.glob("*/*/manifest.json"))
+
+
+def test_weights_of_another_shape_are_refused_with_the_cause_not_every_key(store):
+    """A strict load's error lists every missing key (hundreds); the refusal names the cause."""
+    with pytest.raises(StoreError) as e:
+        demo_import(store, labels=[*LABELS, "hexagon"])
+    assert "the weights have 4 classes (" in str(e.value) and "but the labels list 5" in str(e.value)
+    with pytest.raises(StoreError) as e:
+        import_model(store, DEMO / "weights.pt", name="bad", architecture="lraspp_mobilenet_v3_large", labels=LABELS)
+    assert "keys are missing (" in str(e.value) and "another architecture's weights?" in str(e.value)
+    assert len(str(e.value)) < 500
+
+
 def test_aliases_deletion_and_traffic_rules(store):
     demo_import(store)
     demo_import(store)
@@ -201,6 +251,9 @@ def test_segcam_models_cli_round_trip(tmp_path):
                "--version", "1").returncode == 2  # fmt: skip
     assert cli("alias", "demo", "1", "production").returncode == 0
     assert "production->1" in cli("list").stdout
+    after = subprocess.run([sys.executable, "-m", "client.cli", "models", "list", "--store", str(store)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert after.returncode == 0 and "production->1" in after.stdout, after.stderr  # --store where it is typed
     shown = json.loads(cli("show", "demo:production").stdout)
     assert shown["metadata"] == {"trained_by": "ci"} and shown["version"] == "1"
     refused = cli("delete", "demo:1")

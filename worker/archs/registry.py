@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from worker.archs.shapes_unet import ShapesUNet
+from worker.weights import mismatch
 
 
 class SegmentationOutput(nn.Module):
@@ -70,6 +71,9 @@ def build(architecture: str, num_classes: int, state_dict: dict | None = None, *
     aux = bool(state_dict) and any(k.startswith("aux_classifier.") for k in state_dict)
     net = arch.build(num_classes, aux=aux, **kwargs)
     if state_dict is not None:
+        problem = mismatch(net.state_dict(), state_dict, num_classes)
+        if problem:  # said in a line, where the strict load's error lists every key
+            raise ValueError(problem)
         net.load_state_dict(state_dict, strict=True)
     if arch.wraps_dict_output:
         if getattr(net, "aux_classifier", None) is not None:

@@ -68,11 +68,15 @@ def render(client: redis.Redis, keys: Keys, models: list[str], live_workers: int
         for m in models:
             out.append(f'segcam_jobs_{status}_total{{model="{_esc(m)}"}} {int(raw.get(f"jobs|{status}|{m}", 0))}')
     family("segcam_jobs_rejected_total", "counter", "Submissions refused with 429 (queue full or rate limited)")
-    rejected = [(k.split("|"), v) for k, v in raw.items() if k.startswith("rejected|")]
-    for (_, reason, model), v in sorted(rejected):
-        out.append(f'segcam_jobs_rejected_total{{model="{_esc(model)}",reason="{_esc(reason)}"}} {int(v)}')
-    if not rejected:
-        out.append('segcam_jobs_rejected_total{model="",reason="none"} 0')
+    # Every series that can count is there from zero, so rate() and alerts see the first refusal;
+    # rate limits are counted per API key, before a model is chosen: model "*".
+    rejected = {("queue_full", m): 0 for m in models} | {("rate_limited", "*"): 0}
+    for k, v in raw.items():
+        if k.startswith("rejected|"):
+            _, reason, model = k.split("|", 2)
+            rejected[(reason, model)] = int(v)
+    for (reason, model), v in sorted(rejected.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        out.append(f'segcam_jobs_rejected_total{{model="{_esc(model)}",reason="{_esc(reason)}"}} {v}')
     family("segcam_queue_depth", "gauge", "Jobs waiting in each model's queue")
     for m, d in zip(models, depths, strict=True):
         out.append(f'segcam_queue_depth{{model="{_esc(m)}"}} {int(d)}')

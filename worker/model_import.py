@@ -21,7 +21,7 @@ from shared.schemas import Method
 from worker.archs.registry import ARCHS
 from worker.loader import ModelLoadError, build_from_file
 from worker.pipeline import Item, Pipeline
-from worker.weights import WeightsError, read_state_dict
+from worker.weights import WeightsError, read_state_dict, strip_owner_prefix
 
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 DEFAULTS = {  # architecture: (input size, normalisation)
@@ -101,12 +101,23 @@ def _plain_state_dict(weights: Path, manifest: ModelManifest, tmp: Path) -> tupl
         state, notes = read_state_dict(weights)
     except WeightsError as e:
         raise StoreError(f"{manifest.ref}: {e}") from None
+    if manifest.architecture in ARCHS:
+        state, note = strip_owner_prefix(state, lambda: architecture_keys(manifest))
+        notes += [note] if note else []
     if not notes:
         return weights, manifest
     plain = tmp / "weights.pt"
     torch.save(state, plain)
     metadata = {**manifest.metadata, "converted": "; ".join(notes), "source_sha256": sha256_file(weights)}
     return plain, manifest.model_copy(update={"metadata": metadata})
+
+
+def architecture_keys(manifest: ModelManifest) -> list[set[str]]:
+    """The state_dict keys the architecture has, with and without its auxiliary head."""
+    build = ARCHS[manifest.architecture].build
+    n = len(manifest.labels)
+    kinds = [False, True] if ARCHS[manifest.architecture].wraps_dict_output else [False]
+    return [set(build(n, aux=aux, **manifest.arch_kwargs).state_dict()) for aux in kinds]
 
 
 def check_runs(manifest: ModelManifest, weights: Path) -> None:

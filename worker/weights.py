@@ -12,7 +12,9 @@ architecture); ``mismatch`` names the cause instead.
 
 from __future__ import annotations
 
+import argparse
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +22,9 @@ import torch
 # Where training scripts put the model's state in a checkpoint, most specific first.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "weights")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
+# Classes a checkpoint may hold beside the tensors that are plain attribute bags, safe to rebuild:
+# torchvision's reference train.py saves its argparse Namespace as checkpoint["args"].
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 class WeightsError(ValueError):
@@ -33,7 +38,8 @@ def _is_state(obj: object) -> bool:
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tensors to load, and what was done to get them (empty: the file was a plain state_dict)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         wanted = _global_in(e)
         if wanted is None:  # not a pickle of ours at all: random bytes, another format
@@ -71,6 +77,25 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
             obj = {k[len(prefix) :]: v for k, v in obj.items()}
             notes.append(f"removed the {prefix!r} key prefix")
     return obj, notes
+
+
+def strip_owner_prefix(state: dict[str, torch.Tensor], fits: Callable[[], list[set[str]]]) -> tuple[dict, str | None]:
+    """Keys saved from a module that held the network as an attribute (``self.model = ...``, a
+    training wrapper or a LightningModule) all start with that attribute's name: removed when
+    what is left is exactly one of the key sets ``fits()`` gives (the architecture's, with or
+    without its auxiliary head; built only when every key shares a first name). Anything less
+    certain is left for the strict load to refuse."""
+    first = {k.split(".", 1)[0] for k in state}
+    if len(first) != 1 or not all("." in k for k in state):
+        return state, None
+    keysets = fits()
+    if any(set(state) == keys for keys in keysets):
+        return state, None  # a network whose own keys share a first name
+    prefix = f"{first.pop()}."
+    stripped = {k[len(prefix) :]: v for k, v in state.items()}
+    if any(set(stripped) == keys for keys in keysets):
+        return stripped, f"removed the {prefix!r} key prefix"
+    return state, None
 
 
 def _global_in(e: Exception) -> str | None:

@@ -3,6 +3,7 @@ immutability, aliases, deletion rules, traffic tables, and the `segcam models` C
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -128,6 +129,19 @@ def test_weights_that_do_not_fit_the_architecture_are_refused_at_import(store):
     assert not any(store.root.glob("*/*/manifest.json"))  # nothing half-imported
 
 
+def reference_checkpoint(state: dict) -> dict:
+    """What torchvision's references/segmentation/train.py saves: the state beside the optimizer's,
+    the scheduler's, the epoch and its argparse Namespace (refused by a bare weights_only load)."""
+    net = ShapesUNet(num_classes=4, width=16)
+    opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
+    net(torch.zeros(1, 3, 32, 32)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10)
+    args = argparse.Namespace(model="shapes_unet", lr=0.02, epochs=30, aux_loss=False)
+    return {"model": state, "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(), "epoch": 29,
+            "args": args}  # fmt: skip
+
+
 def test_the_usual_shapes_of_a_weights_file_import_as_the_plain_state_dict(store, tmp_path):
     """A training checkpoint and a DDP or torch.compile wrapper's keys are what people have: they
     import as the same plain state_dict (the stored file the worker loads strictly), and the
@@ -137,7 +151,9 @@ def test_the_usual_shapes_of_a_weights_file_import_as_the_plain_state_dict(store
         "checkpoint": {"model": state, "epoch": 7, "best_miou": 0.95, "optimizer": {"lr": 0.001}},
         "ddp": {f"module.{k}": v for k, v in state.items()},
         "compiled_in_ddp": {f"module._orig_mod.{k}": v for k, v in state.items()},
-        "lightning": {"state_dict": {f"module.{k}": v for k, v in state.items()}, "global_step": 3},
+        "lightning": {"state_dict": {f"model.{k}": v for k, v in state.items()}, "global_step": 3},
+        "wrapper_in_ddp": {f"module.net.{k}": v for k, v in state.items()},  # self.net = ... inside DDP
+        "torchvision_reference": reference_checkpoint(state),
     }
     for form, obj in forms.items():
         torch.save(obj, tmp_path / f"{form}.pt")
@@ -147,6 +163,9 @@ def test_the_usual_shapes_of_a_weights_file_import_as_the_plain_state_dict(store
         assert stored.keys() == state.keys() and all(torch.equal(stored[k], state[k]) for k in state), form
         assert m.metadata["source_sha256"] == sha256_file(tmp_path / f"{form}.pt") and m.metadata["converted"], form
     assert store.resolve("ddp").metadata["converted"] == "removed the 'module.' key prefix"
+    assert store.resolve("lightning").metadata["converted"] == (
+        "took checkpoint['state_dict'] (beside global_step); removed the 'model.' key prefix"
+    )
     assert store.resolve("checkpoint").metadata["converted"].startswith("took checkpoint['model'] (beside ")
     assert "metadata" not in demo_import(store).model_dump(exclude_defaults=True)  # a plain file: left as it is
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 from collections import Counter
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import httpx
 
-from client.http import ARTIFACTS, SegcamClient, SegcamError
+from client.http import ARTIFACTS, FINAL, SegcamClient, SegcamError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -63,7 +64,12 @@ def result_dirs(names: list[str]) -> list[str]:
 
 
 class Progress:
-    """One line per job: queue position or stage, then the outcome. Redrawn in place on a terminal."""
+    """One line per job: queue position or stage, then the outcome.
+
+    On a terminal, a job's line is redrawn in place while it is in progress and printed for good
+    once it ends; only the jobs in progress (at most the client's 16 at a time) and a count stay
+    live at the bottom. Redrawing every image's line at each change, as before, wrote a million
+    lines for a folder of a thousand images and broke once they were taller than the screen."""
 
     def __init__(self, names: list[str], stream=None) -> None:
         self.names = names
@@ -71,8 +77,10 @@ class Progress:
         self.stream = stream or sys.stderr  # looked up now: a redirected stderr is the one to write to
         self.tty = self.stream.isatty()
         self.lock = threading.Lock()
-        self.drawn = False
         self.width = max((len(n) for n in names), default=10)
+        self.live: dict[str, str] = {}  # jobs in progress, in the order they started
+        self.ended = self.not_ok = 0
+        self.drawn = 0  # lines of the live region on screen
 
     def update(self, name: str, job: dict) -> None:
         status = job.get("status", "?")
@@ -87,22 +95,39 @@ class Progress:
             text = f"failed: {job['error']['code']}: {job['error']['message']}"
         else:
             text = status
-        self.set(name, text)
+        self.set(name, text, final=status in FINAL, ok=status == "succeeded")
 
-    def set(self, name: str, text: str) -> None:
+    def set(self, name: str, text: str, final: bool = False, ok: bool = False) -> None:
         with self.lock:
-            if self.lines[name] == text:
+            if self.lines[name] == text and not (final and name in self.live):
                 return
             self.lines[name] = text
-            if self.tty:
-                if self.drawn:
-                    self.stream.write(f"\x1b[{len(self.names)}F")
-                for n in self.names:
-                    self.stream.write(f"\x1b[2K{n:{self.width}}  {self.lines[n]}\n")
-                self.drawn = True
-            else:
+            if not self.tty:
                 self.stream.write(f"{name:{self.width}}  {text}\n")
+                self.stream.flush()
+                return
+            if self.drawn:  # back to the top of the live region, and clear it
+                self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
+            if final:
+                self.live.pop(name, None)
+                self.ended += 1
+                self.not_ok += not ok
+                self.stream.write(f"{name:{self.width}}  {text}\n")
+            else:
+                self.live[name] = text
+            self._draw_live()
             self.stream.flush()
+
+    def _draw_live(self) -> None:
+        room = max(3, shutil.get_terminal_size((80, 24)).lines - 2)
+        shown = list(self.live.items())[:room]
+        for n, t in shown:
+            self.stream.write(f"\x1b[2K{n:{self.width}}  {t}\n")
+        hidden = len(self.live) - len(shown)
+        more = f", {hidden} more not shown" if hidden else ""
+        failed = f", {self.not_ok} did not succeed" if self.not_ok else ""
+        self.stream.write(f"\x1b[2K[{self.ended}/{len(self.names)} done{failed}, {len(self.live)} in progress{more}]\n")
+        self.drawn = len(shown) + 1
 
 
 def cmd_submit(args) -> int:
@@ -130,11 +155,11 @@ def cmd_submit(args) -> int:
                 acc = client.submit(path, model=args.model, target_class=args.target_class, method=args.method,
                                     priority=args.priority)  # fmt: skip
             except SegcamError as e:
-                progress.set(name, f"refused: {e.code}: {e.message}")
+                progress.set(name, f"refused: {e.code}: {e.message}", final=True)
                 return None
             progress.update(name, {**acc, "status": "queued"})
             if not (args.wait or out_dir):
-                progress.set(name, f"queued as {acc['id']}")
+                progress.set(name, f"queued as {acc['id']}", final=True, ok=True)
                 return acc
             # Accepted, so whatever happens from here the job goes on: say where to find it, and let
             # the other images' jobs finish instead of ending the command with a traceback.
@@ -149,10 +174,10 @@ def cmd_submit(args) -> int:
                         (d / f"{a}.png").write_bytes(client.download(job["id"], a))
                     (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
             except TimeoutError:
-                progress.set(name, f"not finished after --timeout {args.timeout:g}s; follow it: {follow}")
+                progress.set(name, f"not finished after --timeout {args.timeout:g}s; follow it: {follow}", final=True)
                 return None
             except (SegcamError, httpx.TransportError) as e:
-                progress.set(name, f"lost track of it ({e or type(e).__name__}); follow it: {follow}")
+                progress.set(name, f"lost track of it ({e or type(e).__name__}); follow it: {follow}", final=True)
                 return None
             return job
 

@@ -337,3 +337,74 @@ def test_the_cli_names_a_job_it_stopped_following_and_finishes_the_others(tmp_pa
     )
     assert (tmp_path / "out" / "fast" / "mask.png").read_bytes() == b"png"
     assert "wrote 1 result(s)" in err_text
+
+
+class Terminal:
+    """Just enough of a terminal for Progress: lines, the cursor's row, and the three sequences
+    it writes (up N lines to column 0, clear to the end of the screen, clear the line)."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.row = 0
+        self.written = 0
+
+    def isatty(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        import re
+
+        self.written += len(text)
+        for token in re.split(r"(\x1b\[\d*[FJK]|\n)", text):
+            if not token:
+                continue
+            if token == "\n":
+                self.row += 1
+            elif token.endswith("F"):
+                self.row -= int(token[2:-1])
+            elif token == "\x1b[J":
+                del self.rows[self.row :]
+            elif token == "\x1b[2K":
+                pass  # the line is written whole right after
+            else:
+                while len(self.rows) <= self.row:
+                    self.rows.append("")
+                self.rows[self.row] = token
+
+
+def test_progress_on_a_terminal_keeps_ended_jobs_above_and_only_those_in_progress_live(monkeypatch):
+    """A folder of 300 images: each job's line is printed once when it ends; the live region
+    holds the jobs in progress (cut to the screen's height) and a count. Redrawing all 300 lines
+    at every change wrote 300 lines per update and could not move above the screen's top."""
+    import os
+
+    from client.submit_cli import Progress
+
+    monkeypatch.setattr("client.submit_cli.shutil.get_terminal_size", lambda fallback: os.terminal_size((80, 12)))
+    names = [f"img{i:03}.png" for i in range(300)]
+    term = Terminal()
+    p = Progress(names, stream=term)
+    for start in range(0, 300, 16):  # sixteen at a time, as the CLI's pool runs them
+        batch = names[start : start + 16]
+        for n in batch:
+            p.update(n, {"status": "queued", "position": 3, "eta_s": 1.0, "workers": 1})
+            p.update(n, {"status": "running", "stage": "inference"})
+        assert len(term.rows) - p.ended == 10 + 1  # 12 lines of screen: 10 jobs, the count, the prompt
+        assert term.rows[-1].startswith(f"[{start}/300 done, ") and term.rows[-1].endswith(
+            f"{len(batch)} in progress, {len(batch) - 10} more not shown]"
+        )
+        for i, n in enumerate(batch):
+            failed = start == 0 and i == 0
+            job = (
+                {"status": "failed", "error": {"code": "timeout", "message": "x"}}
+                if failed
+                else {"status": "succeeded"}
+            )
+            p.update(n, job)
+            p.update(n, job)  # the CLI reports the final state twice (the stream's last event, then wait's answer)
+    assert term.rows[:-1] == ["img000.png  failed: timeout: x"] + [f"{n}  succeeded" for n in names[1:]]
+    assert term.rows[-1] == "[300/300 done, 1 did not succeed, 0 in progress]"
+    assert term.written < 300 * 16 * 30 * 12  # about a live region per change, not every image's line

@@ -37,10 +37,13 @@ class Settings(BaseSettings):
     max_field_chars: int = 256  # longest accepted form field value
     max_queue_depth: int = 1000  # queued jobs per model queue; past it, submissions get 429
     idempotency_ttl_s: int = 24 * 3600
-    # API keys: comma-separated sha256 hex digests of the accepted keys (`segcam keys hash KEY`).
+    # API keys: comma-separated sha256 hex digests of the accepted keys (`segcam hash-key KEY`).
     # Empty: no authentication. With keys on, a job is visible only to the key that created it.
     api_key_hashes: str = ""
     rate_limit_per_minute: int = 0  # submissions per API key per minute; 0: unlimited
+    # Browser origins allowed to call the API from their pages (CORS), e.g. a labelling tool's;
+    # "*" for any. Empty: no CORS headers and no middleware, so same-origin callers pay nothing.
+    cors_origins: tuple[str, ...] = ()
     # With no SSE or ``?wait`` follower for this long, the gateway's event hub unsubscribes (it
     # keeps its connection, so the next follower pays one round trip, not a new connection).
     events_idle_s: float = Field(60.0, gt=0)

@@ -110,3 +110,16 @@ def test_worker_image_can_bake_pretrained_weights_with_the_tested_import_path():
     assert out.returncode == 0
     for arch in ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "fcn_resnet50", "lraspp_mobilenet_v3_large"):
         assert arch in out.stdout
+
+
+def test_every_segcam_variable_the_compose_file_sets_is_a_setting():
+    """Settings ignore unknown variables, so a misspelt one in compose would be dropped in silence."""
+    from shared.settings import Settings
+
+    known = {f"SEGCAM_{name.upper()}" for name in Settings.model_fields}
+    named: set[str] = set()
+    for service in [COMPOSE["x-segcam-env"], *(s.get("environment", {}) for s in COMPOSE["services"].values())]:
+        named |= {k for k in service if k.startswith("SEGCAM_")}
+    assert named - known == set()
+    api = COMPOSE["services"]["api"]["environment"]  # what a deployment turns on without editing the file
+    assert {"SEGCAM_API_KEY_HASHES", "SEGCAM_RATE_LIMIT_PER_MINUTE", "SEGCAM_CORS_ORIGINS"} <= set(api)

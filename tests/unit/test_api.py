@@ -321,3 +321,30 @@ def test_a_queued_job_says_how_many_live_workers_serve_its_model(settings, rclie
         assert job["workers"] == 1 and job["status"] == "queued"
         other.update(models=["roads", "shapes"])  # a worker that took the model up later
         assert c.get(url).json()["workers"] == 2
+
+
+def test_cors_is_off_by_default_and_on_for_the_configured_origins(settings):
+    """A page on another origin (a labelling tool, a notebook's front end) can submit, read the
+    Location and Retry-After headers, and read a refusal, when its origin is configured."""
+    page = "http://labeller.example:3000"
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/jobs", files={"image": ("x.png", png())}, headers={"Origin": page})
+        assert r.status_code == 202 and "access-control-allow-origin" not in r.headers
+    settings.cors_origins = (page,)
+    settings.max_upload_bytes = 10_000
+    with TestClient(create_app(settings)) as c:
+        asks = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,idempotency-key",
+        }
+        pre = c.options("/v1/jobs", headers={"Origin": page, **asks})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == page
+        assert "idempotency-key" in pre.headers["access-control-allow-headers"].lower()
+        r = c.post("/v1/jobs", files={"image": ("x.png", png())}, headers={"Origin": page})
+        assert r.status_code == 202 and r.headers["access-control-allow-origin"] == page
+        assert "location" in r.headers["access-control-expose-headers"].lower()
+        big = c.post("/v1/jobs", files={"image": ("x.png", png(400, 400, "RGB") + b"\0" * 20_000)},
+                     headers={"Origin": page})  # fmt: skip
+        assert big.status_code == 413 and big.headers["access-control-allow-origin"] == page
+        other = c.get("/healthz", headers={"Origin": "http://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers

@@ -67,7 +67,7 @@ class Progress:
     """One line per job: queue position or stage, then the outcome.
 
     On a terminal, a job's line is redrawn in place while it is in progress and printed for good
-    once it ends; only the jobs in progress (at most the client's 16 at a time) and a count stay
+    once it ends; only the jobs in progress (at most ``--parallel`` at a time) and a count stay
     live at the bottom. Redrawing every image's line at each change, as before, wrote a million
     lines for a folder of a thousand images and broke once they were taller than the screen."""
 
@@ -144,8 +144,20 @@ def cmd_submit(args) -> int:
         print(f"segcam submit: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     dirs = dict(zip(names, result_dirs(names), strict=True))
-    progress = Progress(names)
     out_dir = Path(args.out) if args.out else None
+    if args.skip_done:
+        if not out_dir:
+            print("segcam submit: --skip-done needs --out (where earlier results are)", file=sys.stderr)
+            return 2
+        done = {n for n in names if (out_dir / dirs[n] / "result.json").is_file()}
+        if done:  # an interrupted run of a large folder goes on where it stopped
+            print(f"segcam submit: skipped {len(done)} image(s) with results under {out_dir}/ (--skip-done)",
+                  file=sys.stderr)  # fmt: skip
+            keep = [i for i, n in enumerate(names) if n not in done]
+            files, names = [files[i] for i in keep], [names[i] for i in keep]
+        if not files:
+            return 0
+    progress = Progress(names)
     failures = 0
     with SegcamClient(args.url, api_key=args.api_key) as client:
 
@@ -181,7 +193,7 @@ def cmd_submit(args) -> int:
                 return None
             return job
 
-        with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        with ThreadPoolExecutor(max_workers=min(args.parallel, len(files))) as pool:
             results = list(pool.map(run, zip(names, files, strict=True)))
     for r in results:
         if r is None or (r.get("status") in ("failed", "cancelled")):
@@ -222,6 +234,14 @@ def cmd_models_remote(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a whole number of at least 1")
+    return int(text)
+
+
 def add_common(p) -> None:
     p.add_argument("--url", default=default_url(), help="API base URL (default: $SEGCAM_URL or http://127.0.0.1:8000)")
     p.add_argument("--api-key", default=os.environ.get("SEGCAM_API_KEY"), help="default: $SEGCAM_API_KEY")
@@ -239,6 +259,10 @@ def add_parsers(sub) -> None:
         "--out", help="write each job's mask, heatmap, overlay and result.json under OUT/<image path without suffix>/"
     )
     s.add_argument("--timeout", type=float, default=600)
+    s.add_argument("--parallel", type=_positive, default=16,
+                   help="jobs in flight at once (default 16); more keeps more workers busy")  # fmt: skip
+    s.add_argument("--skip-done", action="store_true",
+                   help="with --out: images whose result.json is already there are not sent again")  # fmt: skip
     add_common(s)
     s.set_defaults(func=cmd_submit)
 

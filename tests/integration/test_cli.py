@@ -40,6 +40,12 @@ def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(sta
         assert result["status"] == "succeeded" and result["method"] == "layercam"
     progress = done.stderr
     assert "queued, position" in progress and "succeeded" in progress and "img2.png" in progress
+    # Run again over the folder with one image more: only that one is sent, two at a time at most.
+    (folder / "img9.png").write_bytes(scene_png(509, size=(100, 90)))
+    again = segcam(stack, "submit", str(folder), "--out", str(out), "--skip-done", "--parallel", "2")
+    assert again.returncode == 0, again.stderr
+    assert "skipped 4 image(s) with results under" in again.stderr and "wrote 1 result(s)" in again.stderr
+    assert Image.open(out / "img9" / "mask.png").size == (100, 90)
 
 
 def test_status_and_models_commands(stack, tmp_path):

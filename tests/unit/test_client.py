@@ -408,3 +408,17 @@ def test_progress_on_a_terminal_keeps_ended_jobs_above_and_only_those_in_progres
     assert term.rows[:-1] == ["img000.png  failed: timeout: x"] + [f"{n}  succeeded" for n in names[1:]]
     assert term.rows[-1] == "[300/300 done, 1 did not succeed, 0 in progress]"
     assert term.written < 300 * 16 * 30 * 12  # about a live region per change, not every image's line
+
+
+@pytest.mark.parametrize("argv", [["--parallel", "0"], ["--parallel", "x"], ["--skip-done"]])
+def test_submit_refuses_a_parallelism_below_one_and_skip_done_without_out(tmp_path, capsys, argv):
+    from client.cli import main
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    try:
+        rc = main(["submit", str(image), "--url", "http://127.0.0.1:9", *argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and ("--parallel" in err or "--skip-done needs --out" in err), err

@@ -67,6 +67,26 @@ def error_for(status: int, code: str, message: str, retry_after: float | None = 
     return cls(status, code, message, retry_after)
 
 
+class Outage:
+    """Failures in a row, as a restarting gateway gives them: waited out with a growing pause,
+    for up to ``limit_s`` seconds from the first."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None
+        self.failures = 0
+
+    def too_long(self) -> bool:
+        """Count one more failure; True once they have gone on for ``limit_s``."""
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        self.failures += 1
+        return now - self.since >= self.limit_s
+
+    def backoff_s(self) -> float:
+        return min(0.25 * 2**self.failures, 4.0)
+
+
 class SegcamClient:
     def __init__(
         self,
@@ -158,7 +178,7 @@ class SegcamClient:
     def _send(self, request: Callable[[], httpx.Response], reconnect_s: float) -> httpx.Response:
         """``request()``, made again while its answer is lost for up to ``reconnect_s`` s in a row:
         safe for a submission with its Idempotency-Key and for reads."""
-        attempt, failing_since = 0, None
+        outage = Outage(reconnect_s)
         while True:
             try:
                 return request()
@@ -168,12 +188,9 @@ class SegcamClient:
                         raise  # nothing ever answered here: a wrong URL or a stack not started, said at once
                 else:
                     self.answered = True  # a gateway took the connection, then cut it: a restart
-                now = time.monotonic()
-                failing_since = now if failing_since is None else failing_since
-                if now - failing_since >= reconnect_s:
+                if outage.too_long():
                     raise
-                attempt += 1
-                time.sleep(min(0.25 * 2**attempt, 4.0))
+                time.sleep(outage.backoff_s())
 
     def status(self, job_id: str, wait: float = 0) -> dict:
         r = self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None, timeout=wait + 30)
@@ -224,8 +241,7 @@ class SegcamClient:
         except ServerError as e:
             if e.status != 503:
                 raise  # Redis unreachable: the polls below wait it out as they would a restart
-        failing_since: float | None = None
-        attempt = 0
+        outage = Outage(reconnect_s)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -235,14 +251,11 @@ class SegcamClient:
             except (httpx.TransportError, ServerError) as e:
                 if isinstance(e, ServerError) and e.status != 503:
                     raise
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since >= reconnect_s:
+                if outage.too_long():
                     raise
-                attempt += 1
-                time.sleep(min(0.25 * 2**attempt, 4.0, left))
+                time.sleep(min(outage.backoff_s(), left))
                 continue
-            failing_since, attempt = None, 0
+            outage = Outage(reconnect_s)
             if on_update:
                 on_update(job)
             if job["status"] in FINAL:

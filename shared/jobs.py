@@ -565,9 +565,12 @@ class JobStore:
         results = pipe.execute()
         return [bool(results[i]) for i in marks]
 
-    def requeue_orphans(self, older_than_s: float, message_for, limit: int = 100) -> list[str]:
+    def requeue_orphans(
+        self, older_than_s: float, message_for, limit: int = 100, worker: str | None = None, cutoff: float | None = None
+    ) -> list[str]:
         """Put back on their queues the running jobs claimed more than ``older_than_s`` ago, each
         with a new Celery message from ``message_for(job_id, queue, model)``; returns their IDs.
+        With ``worker`` and ``cutoff`` (Redis time): only that worker's jobs claimed before it.
 
         No run outlives the hard time limit, and a message that a dead worker left unacknowledged
         comes back within the visibility timeout and claims its jobs again (which restamps them).
@@ -578,16 +581,19 @@ class JobStore:
         ``max_deliveries``; the old token, should it ever run, finds the job no longer its own.
         A job whose cancellation was requested while it ran ends ``cancelled`` instead."""
         k = self.keys
-        now_s, now_us = self.r.time()
-        cutoff = now_s + now_us / 1e6 - older_than_s
+        if cutoff is None:
+            now_s, now_us = self.r.time()
+            cutoff = now_s + now_us / 1e6 - older_than_s
         ids = [x.decode() for x in self.r.zrangebyscore(k.running(), "-inf", cutoff, start=0, num=limit)]
         if not ids:
             return []
         pipe = self.r.pipeline(transaction=False)
         for j in ids:
-            pipe.hmget(k.job(j), "status", "spec", "queue", "seq", "cancel_requested")
+            pipe.hmget(k.job(j), "status", "spec", "queue", "seq", "cancel_requested", "worker")
         args = [repr(cutoff), k.job(""), k.claims(""), k.job_events("")]
-        for j, (status, spec, queue, seq, cancel) in zip(ids, pipe.execute(), strict=True):
+        for j, (status, spec, queue, seq, cancel, owner) in zip(ids, pipe.execute(), strict=True):
+            if worker is not None and status == b"running" and owner != worker.encode():
+                continue  # another worker's: not this sweep's to judge
             if status != b"running" or not (spec and queue and seq):
                 args += [j, "", "", "", "", "", ""]  # gone or final: its entry is dropped
                 continue

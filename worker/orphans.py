@@ -40,6 +40,7 @@ class OrphanSweep(threading.Thread):
         self.queues = queues
         self.older_than_s = older_than_s
         self.interval_s = interval_s
+        self.previous_run: tuple[str, float] | None = None  # (name, start in Redis time): see take_back
         self._halt = threading.Event()
 
     def sweep(self) -> list[str]:
@@ -58,7 +59,25 @@ class OrphanSweep(threading.Thread):
             log.warning("%d queued job(s) of %s had no message; each got a new one", n, queue)
         return back
 
+    def take_back(self, worker: str, started: float) -> list[str]:
+        """The jobs this worker's previous run (same name, claims before ``started``, Redis time)
+        left running when it died: a SIGKILL, an OOM kill of the whole container, a host reboot.
+        Their messages would come back only after the visibility timeout (ten minutes by
+        default); a worker restarted under its name (the launcher, a container's restart
+        policy) knows at once that no process of its name runs them any more."""
+        try:
+            back = self.jobs.requeue_orphans(0, new_message, limit=1000, worker=worker, cutoff=started)
+        except redis.RedisError as e:  # the visibility timeout and the periodic sweep remain
+            log.warning("could not take back the jobs of this worker's previous run: %s", e)
+            return []
+        for job_id in back:
+            with job_context(job_id):
+                log.warning("left running by this worker's previous run (%s), which died: queued again", worker)
+        return back
+
     def run(self) -> None:
+        if self.previous_run is not None:
+            self.take_back(*self.previous_run)
         while not self._halt.wait(self.interval_s):
             self.sweep()
 

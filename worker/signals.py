@@ -13,6 +13,7 @@ import os
 import time
 from functools import partial
 
+import redis
 from celery import signals
 
 from shared import logs
@@ -29,6 +30,7 @@ log = logging.getLogger("segcam.worker")
 _heartbeat: Heartbeat | None = None
 _orphans: OrphanSweep | None = None
 _model_watch: ModelWatch | None = None
+_started: float | None = None
 
 
 @signals.setup_logging.connect
@@ -42,6 +44,18 @@ def _logging(**_kwargs) -> None:
 def _load_models(**_kwargs) -> None:
     name = os.environ.get("SEGCAM_WORKER_NAME", f"worker-{os.getpid()}")
     runtime.init(name)
+
+
+@signals.worker_init.connect
+def _note_start(**_kwargs) -> None:
+    """Redis's clock before the pool starts: claims stamped earlier under this worker's name
+    were made by a previous run of it (``OrphanSweep.take_back``), never by this one."""
+    global _started
+    try:
+        now_s, now_us = get_redis(get_settings()).time()
+        _started = now_s + now_us / 1e6
+    except redis.RedisError as e:
+        log.warning("no Redis time at start (%s): the previous run's jobs wait for the visibility timeout", e)
 
 
 @signals.worker_ready.connect
@@ -60,6 +74,8 @@ def _start_parent_threads(sender=None, **_kwargs) -> None:
     _orphans = OrphanSweep(
         runtime.job_store(settings), settings.orphan_after_s, settings.unacked_restore_interval_s, queues
     )
+    if _started is not None:
+        _orphans.previous_run = (hostname, _started)
     _orphans.start()
     if not settings.served_models and settings.model_poll_s > 0 and sender is not None:
         _model_watch = ModelWatch(store, models, partial(_serve_new, sender, keys), settings.model_poll_s)

@@ -211,3 +211,44 @@ def test_stopping_the_local_stack_lets_the_running_job_finish(redis_url, prefix,
         time.sleep(0.3)
     rec = JobStore(redis.Redis.from_url(redis_url), Keys(prefix), 60, 60).get(job_id)
     assert rec.status.value == "succeeded", (rec.status, (tmp_path / "workers.log").read_text()[-3000:])
+
+
+def test_a_worker_restarted_under_its_name_takes_back_what_its_previous_run_left_running(redis_url, prefix, tmp_path):
+    """A whole worker SIGKILLed mid-job (an OOM kill of its container, a host reboot) and started
+    again under its name, as the launcher and a container's restart policy do: the job runs again
+    at once, not after the visibility timeout (600 s here, the default), when kombu would return
+    its message."""
+    import json
+
+    from shared.jobs import JobStore
+    from shared.keys import Keys
+    from tests.integration.procs import job, wait_final
+
+    env = {"SEGCAM_REDIS_URL": redis_url, "SEGCAM_KEY_PREFIX": prefix, "SEGCAM_FAULT_INJECTION": "true",
+           "SEGCAM_VISIBILITY_TIMEOUT_S": "600"}  # fmt: skip
+    procs = Procs(env, tmp_path)
+    r = redis.Redis.from_url(redis_url)
+    token = None
+    try:
+        procs.api()
+        first = procs.worker("solo@local")
+        procs.wait_workers(["solo@local"])
+        jid = submit(procs.url, scene_png(300, fault="sleep:3@preprocess"))["id"]
+        wait_until(lambda: job(procs.url, jid)["status"] == "running", 30, "job running")
+        token = JobStore(r, Keys(prefix), 60, 60).get(jid).token
+        os.killpg(first.pid, signal.SIGKILL)  # the main process and its pool child at once
+        first.wait()
+        killed_at = time.monotonic()
+        procs.worker("solo@local")
+        final = wait_final(procs.url, jid, timeout=90)
+        took = time.monotonic() - killed_at
+        print(f"\nworker killed and started again; its job succeeded {took:.1f} s after the kill")
+        assert final["status"] == "succeeded" and final["attempts"] == 2, final
+        assert took < 60, f"came back {took:.0f} s after the kill (visibility timeout 600 s)"
+        assert "left running by this worker's previous run (solo@local)" in (tmp_path / "solo.log").read_text()
+    finally:
+        procs.close()
+        for tag, raw in r.hgetall("unacked").items():  # the dead run's message: no later test's to restore
+            if json.loads(raw)[0]["headers"]["id"] == token:
+                r.hdel("unacked", tag)
+                r.zrem("unacked_index", tag)

@@ -73,3 +73,44 @@ def test_the_sweep_gives_its_queues_queued_jobs_the_messages_they_lack(rclient, 
     assert json.loads(base64.b64decode(json.loads(raw)["body"]))[1] == {"model": "shapes", "job_id": "a" * 32}
     assert "had no message" in caplog.text
     assert OrphanSweep(store, older_than_s=60, interval_s=60).sweep() == [] and rclient.llen(queue) == 1
+
+
+def test_a_restarted_worker_takes_back_only_what_its_previous_run_left_running(rclient, prefix, caplog):
+    """Same name, claimed before this run's start: the previous run's, which died. Another
+    worker's jobs, and this run's own claims (after its start), are not touched."""
+    store = JobStore(rclient, Keys(prefix), job_ttl_s=60, upload_ttl_s=60)
+    queue = store.keys.celery_queue("shapes")
+    for job_id in ("a" * 32, "b" * 32, "c" * 32):
+        store.create(job_id, SPEC, queue, b"img")
+    assert store.claim(queue, "old-run", "gpu0@host") == ["a" * 32]
+    assert store.claim(queue, "other", "gpu1@host") == ["b" * 32]
+    now_s, now_us = rclient.time()
+    started = now_s + now_us / 1e6  # this run starts here
+    time.sleep(0.01)
+    assert store.claim(queue, "this-run", "gpu0@host") == ["c" * 32]
+    rclient.delete(queue)  # the gateway's three messages: only the new ones below count
+    sweep = OrphanSweep(store, older_than_s=900, interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="segcam.worker"):
+        assert sweep.take_back("gpu0@host", started) == ["a" * 32]
+    assert "left running by this worker's previous run (gpu0@host)" in caplog.text
+    assert [store.get(j).status for j in ("a" * 32, "b" * 32, "c" * 32)] == [
+        JobStatus.queued, JobStatus.running, JobStatus.running]  # fmt: skip
+    assert rclient.llen(queue) == 1  # a fresh message for it
+    assert store.claim(queue, "next", "gpu0@host") == ["a" * 32]  # claimable again, at its old place
+    assert sweep.take_back("gpu0@host", started) == []  # reclaimed after the start: this run's now
+
+
+def test_the_thread_takes_back_the_previous_runs_jobs_before_its_first_interval(rclient, prefix):
+    store, _, job_id = _claimed_job(rclient, prefix)
+    now_s, now_us = rclient.time()
+    sweep = OrphanSweep(store, older_than_s=900, interval_s=60)
+    sweep.previous_run = ("w1", now_s + now_us / 1e6)
+    sweep.start()
+    try:
+        deadline = time.monotonic() + 5
+        while store.get(job_id).status is not JobStatus.queued:
+            assert time.monotonic() < deadline, "not taken back at start"
+            time.sleep(0.02)
+    finally:
+        sweep.stop()
+        sweep.join(timeout=2)

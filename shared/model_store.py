@@ -250,7 +250,26 @@ class ModelStore:
         shutil.rmtree(self._model_dir(name) / version)
 
     def resolve(self, ref: str) -> ModelManifest:
-        """``name``, ``name:version`` or ``name:alias`` to a manifest; raises ModelNotFound."""
+        """``name``, ``name:version`` or ``name:alias`` to a manifest; raises ModelNotFound.
+
+        A miss is read again past the cache before it is refused: a version or alias made a
+        moment ago (``segcam models import``, then a job naming it) is found, not refused for
+        up to ``cache_ttl_s``; a hit, the usual case, still costs no disk read."""
+        try:
+            return self._resolve(ref)
+        except ModelNotFound:
+            if not self.cache_ttl_s or not self._forget(ref.partition(":")[0]):
+                raise
+            return self._resolve(ref)
+
+    def _forget(self, name: str) -> bool:
+        """Drop the cached reads of one model; False when there were none (nothing can be stale)."""
+        stale = [k for k in self._cache if k[1:2] == (name,)]
+        for k in stale:
+            del self._cache[k]
+        return bool(stale)
+
+    def _resolve(self, ref: str) -> ModelManifest:
         name, _, tag = ref.partition(":")
         versions = self.versions(name)
         if not versions:

@@ -43,6 +43,26 @@ def test_resolve_picks_alias_then_highest_version(tmp_path):
     assert store.resolve("m:production").version == "2"
 
 
+def test_a_version_or_alias_made_a_moment_ago_is_found_through_the_cache(tmp_path, monkeypatch):
+    """The gateway trusts a read for ``cache_ttl_s``: a version imported within it used to be
+    refused as unknown (``422``) until the read expired. A miss is read again; a hit is not."""
+    _version(tmp_path, "m", "1")
+    store = ModelStore(tmp_path, cache_ttl_s=3600)
+    assert store.resolve("m").version == "1"
+    _version(tmp_path, "m", "2")  # segcam models import, from another process
+    (tmp_path / "m" / "aliases.json").write_text('{"candidate": "2"}')
+    assert store.resolve("m:2").version == "2" and store.resolve("m:candidate").version == "2"
+    assert store.resolve("m:1").version == "1"  # read again after the miss dropped the model's reads
+    disk = []
+    real = ModelStore._model_dir
+    monkeypatch.setattr(ModelStore, "_model_dir", lambda self, name: disk.append(name) or real(self, name))
+    assert store.resolve("m:1").version == "1" and store.resolve("m:candidate").version == "2"
+    assert disk == []  # hits: from the cache
+    with pytest.raises(ModelNotFound, match="no version or alias '3'"):
+        store.resolve("m:3")
+    assert disk  # a miss: read again before it is refused
+
+
 @pytest.mark.parametrize("ref", ["../../etc/passwd", "m:../../x", "m/1", "M", "", "m:", "/abs", "m:1/../2"])
 def test_names_that_could_escape_the_store_are_refused(tmp_path, ref):
     _version(tmp_path, "m", "1")

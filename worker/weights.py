@@ -47,8 +47,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         raise WeightsError(
             f"{path.name} holds pickled Python objects (a {wanted}), which segcam does not unpickle: "
             "loading them would run code from the file. A whole model saved with torch.save(model), or a "
-            "checkpoint that carries more than tensors (an argparse Namespace, an optimizer's classes), is "
-            "like that. Save the weights alone, torch.save(model.state_dict(), 'weights.pt') (from such a "
+            "checkpoint that carries objects beside its tensors (a config class, a Lightning AttributeDict), "
+            "is like that. Save the weights alone, torch.save(model.state_dict(), 'weights.pt') (from such a "
             "checkpoint, where you trust it: torch.save(checkpoint['model'], 'weights.pt')), or export "
             "TorchScript (torch.jit.script or trace) and import that"
         ) from None
@@ -61,7 +61,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     if not _is_state(obj) and isinstance(obj, dict):
         for key in CHECKPOINT_KEYS:
             if _is_state(obj.get(key)):
-                notes.append(f"took checkpoint[{key!r}] (beside {', '.join(sorted(map(str, set(obj) - {key})))})")
+                beside = sorted(map(str, set(obj) - {key}))
+                notes.append(f"took checkpoint[{key!r}] (beside {', '.join(beside[:6])}{', ...' * (len(beside) > 6)})")
                 obj = obj[key]
                 break
     if not _is_state(obj):

@@ -27,6 +27,19 @@ def _claimed_job(rclient, prefix: str) -> tuple[JobStore, str, str]:
     return store, queue, job_id
 
 
+def run_until_queued(sweep: OrphanSweep, store: JobStore, job_id: str, what: str) -> None:
+    """Run the sweep's thread until it has put the job back (5 s at most), then stop it."""
+    sweep.start()
+    try:
+        deadline = time.monotonic() + 5
+        while store.get(job_id).status is not JobStatus.queued:
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+    finally:
+        sweep.stop()
+        sweep.join(timeout=2)
+
+
 def test_the_sweep_requeues_with_a_fresh_token_for_the_jobs_model(rclient, prefix):
     store, queue, job_id = _claimed_job(rclient, prefix)
     sweep = OrphanSweep(store, older_than_s=-1, interval_s=60)
@@ -43,15 +56,7 @@ def test_the_sweep_requeues_with_a_fresh_token_for_the_jobs_model(rclient, prefi
 def test_the_thread_sweeps_every_interval_until_stopped(rclient, prefix):
     store, _, job_id = _claimed_job(rclient, prefix)
     sweep = OrphanSweep(store, older_than_s=0.2, interval_s=0.05)
-    sweep.start()
-    try:
-        deadline = time.monotonic() + 5
-        while store.get(job_id).status is not JobStatus.queued:
-            assert time.monotonic() < deadline, "never swept"
-            time.sleep(0.05)
-    finally:
-        sweep.stop()
-        sweep.join(timeout=2)
+    run_until_queued(sweep, store, job_id, "never swept")
     assert not sweep.is_alive()
 
 
@@ -105,12 +110,4 @@ def test_the_thread_takes_back_the_previous_runs_jobs_before_its_first_interval(
     now_s, now_us = rclient.time()
     sweep = OrphanSweep(store, older_than_s=900, interval_s=60)
     sweep.previous_run = ("w1", now_s + now_us / 1e6)
-    sweep.start()
-    try:
-        deadline = time.monotonic() + 5
-        while store.get(job_id).status is not JobStatus.queued:
-            assert time.monotonic() < deadline, "not taken back at start"
-            time.sleep(0.02)
-    finally:
-        sweep.stop()
-        sweep.join(timeout=2)
+    run_until_queued(sweep, store, job_id, "not taken back at start")  # long before its 60 s interval

@@ -158,52 +158,60 @@ def cmd_submit(args) -> int:
         if not files:
             return 0
     progress = Progress(names)
-    failures = 0
     with SegcamClient(args.url, api_key=args.api_key) as client:
 
-        def run(item: tuple[str, Path]) -> dict | None:
+        def run(item: tuple[str, Path]) -> dict:
+            """What became of one image: its line in ``OUT/summary.jsonl``."""
             name, path = item
+            out = {"image": name, "job_id": None, "status": "refused", "error": None}
             try:
                 acc = client.submit(path, model=args.model, target_class=args.target_class, method=args.method,
                                     priority=args.priority)  # fmt: skip
             except SegcamError as e:
                 progress.set(name, f"refused: {e.code}: {e.message}", final=True)
-                return None
+                return {**out, "error": {"code": e.code, "message": e.message}}
+            out.update(job_id=acc["id"], status="queued")
             progress.update(name, {**acc, "status": "queued"})
             if not (args.wait or out_dir):
                 progress.set(name, f"queued as {acc['id']}", final=True, ok=True)
-                return acc
+                return out
             # Accepted, so whatever happens from here the job goes on: say where to find it, and let
             # the other images' jobs finish instead of ending the command with a traceback.
             follow = f"segcam status {acc['id']} --wait 60"
             try:
                 job = client.wait(acc["id"], timeout=args.timeout, on_update=lambda j: progress.update(name, j))
                 progress.update(name, job)
+                out.update(status=job["status"], error=job.get("error"))
                 if out_dir and job["status"] == "succeeded":
                     d = out_dir / dirs[name]
                     d.mkdir(parents=True, exist_ok=True)
                     for a in ARTIFACTS:
                         (d / f"{a}.png").write_bytes(client.download(job["id"], a))
                     (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
+                    out["dir"] = dirs[name]
             except TimeoutError:
                 progress.set(name, f"not finished after --timeout {args.timeout:g}s; follow it: {follow}", final=True)
-                return None
+                return {**out, "status": "unfinished", "error": {"code": "timeout", "message": f"follow it: {follow}"}}
             except (SegcamError, httpx.TransportError) as e:
                 progress.set(name, f"lost track of it ({e or type(e).__name__}); follow it: {follow}", final=True)
-                return None
-            return job
+                return {**out, "status": "unfinished", "error": {"code": "lost", "message": str(e) or type(e).__name__}}
+            return out
 
         with ThreadPoolExecutor(max_workers=min(args.parallel, len(files))) as pool:
             results = list(pool.map(run, zip(names, files, strict=True)))
-    for r in results:
-        if r is None or (r.get("status") in ("failed", "cancelled")):
-            failures += 1
+    failures = sum(r["status"] not in ("queued", "succeeded") for r in results)
     if not args.wait and not out_dir:
-        for name, r in zip(names, results, strict=True):
-            if r:
-                print(f"{r['id']}  {name}")
+        for r in results:
+            if r["job_id"]:
+                print(f"{r['job_id']}  {r['image']}")
     elif out_dir:
-        print(f"wrote {len(results) - failures} result(s) under {out_dir}/", file=sys.stderr)
+        # One line per image of this run, what failed and why included: what a script reads to
+        # redo or report the failures, where the progress lines went to a terminal.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+        written = sum(r["status"] == "succeeded" for r in results)
+        print(f"wrote {written} result(s) under {out_dir}/; each image's outcome in {out_dir / 'summary.jsonl'}",
+              file=sys.stderr)  # fmt: skip
     return 1 if failures else 0
 
 
@@ -256,7 +264,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--priority", choices=["high", "normal", "low"])
     s.add_argument("--wait", action="store_true", help="follow each job until it is done")
     s.add_argument(
-        "--out", help="write each job's mask, heatmap, overlay and result.json under OUT/<image path without suffix>/"
+        "--out",
+        help="write each job's mask, heatmap, overlay and result.json under OUT/<image path without suffix>/, "
+        "and each image's outcome (job ID, status, error) as a line of OUT/summary.jsonl",
     )
     s.add_argument("--timeout", type=float, default=600)
     s.add_argument("--parallel", type=_positive, default=16,

@@ -38,6 +38,9 @@ def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(sta
         assert Image.open(d / "overlay.png").size == (120 + 10 * i, 90)
         result = json.loads((d / "result.json").read_text())
         assert result["status"] == "succeeded" and result["method"] == "layercam"
+    summary = [json.loads(x) for x in (out / "summary.jsonl").read_text().splitlines()]
+    assert sorted(r["dir"] for r in summary) == ["img0", "img1", "img2", "more/img0"]
+    assert {r["status"] for r in summary} == {"succeeded"} and all(len(r["job_id"]) == 32 for r in summary)
     progress = done.stderr
     assert "queued, position" in progress and "succeeded" in progress and "img2.png" in progress
     # Run again over the folder with one image more: only that one is sent, two at a time at most.
@@ -46,6 +49,9 @@ def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(sta
     assert again.returncode == 0, again.stderr
     assert "skipped 4 image(s) with results under" in again.stderr and "wrote 1 result(s)" in again.stderr
     assert Image.open(out / "img9" / "mask.png").size == (100, 90)
+    (line,) = (out / "summary.jsonl").read_text().splitlines()  # this run's images: the one sent
+    assert json.loads(line) | {"job_id": None} == {"image": "img9.png", "job_id": None, "status": "succeeded",
+                                                   "error": None, "dir": "img9"}  # fmt: skip
 
 
 def test_status_and_models_commands(stack, tmp_path):

@@ -337,6 +337,11 @@ def test_the_cli_names_a_job_it_stopped_following_and_finishes_the_others(tmp_pa
     )
     assert (tmp_path / "out" / "fast" / "mask.png").read_bytes() == b"png"
     assert "wrote 1 result(s)" in err_text
+    summary = {(r := json.loads(line))["image"]: r for line in (tmp_path / "out" / "summary.jsonl").open()}
+    assert summary["fast.png"] == {"image": "fast.png", "job_id": ids["fast.png"], "status": "succeeded",
+                                   "error": None, "dir": "fast"}  # fmt: skip
+    assert summary["slow.png"]["status"] == "unfinished" and summary["slow.png"]["error"]["code"] == "timeout"
+    assert summary["gone.png"]["status"] == "unfinished" and summary["gone.png"]["job_id"] == ids["gone.png"]
 
 
 class Terminal:

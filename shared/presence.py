@@ -26,7 +26,6 @@ class Heartbeat(threading.Thread):
         self.keys = keys
         self.worker = name
         self.description = {**payload, "name": name}
-        self.payload = json.dumps(self.description)
         self.interval_s = interval_s
         self._halt = threading.Event()
 
@@ -34,7 +33,6 @@ class Heartbeat(threading.Thread):
         """Change what the worker says of itself (the models it serves), and say it now rather
         than at the next beat."""
         self.description = {**self.description, **fields}
-        self.payload = json.dumps(self.description)
         self.beat()
 
     def beat(self) -> None:
@@ -42,7 +40,7 @@ class Heartbeat(threading.Thread):
         now = time.time()
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.keys.worker(self.worker), self.payload, px=int(ttl_s * 1000))
+            pipe.set(self.keys.worker(self.worker), json.dumps(self.description), px=int(ttl_s * 1000))
             pipe.zadd(self.keys.workers(), {self.worker: now})
             pipe.zremrangebyscore(self.keys.workers(), "-inf", now - 10 * ttl_s)
             pipe.execute()

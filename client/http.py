@@ -24,6 +24,14 @@ FINAL = {"succeeded", "failed", "cancelled"}
 # A request that may or may not have reached the gateway: refused, cut, or unanswered in time.
 LOST = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.TimeoutException)
 ARTIFACTS = ("mask", "heatmap", "overlay")
+SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg"}
+
+
+def artifact_file(job: dict, name: str) -> str:
+    """The file name for artifact ``name`` of a succeeded ``job``: its suffix from the result's
+    ``media_types`` (a JPEG upload's overlay is a JPEG by default), so a viewer opens it."""
+    media = ((job.get("result") or {}).get("media_types") or {}).get(name, "image/png")
+    return name + SUFFIXES.get(media, ".png")
 
 
 class SegcamError(Exception):

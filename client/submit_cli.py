@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import httpx
 
-from client.http import ARTIFACTS, FINAL, SegcamClient, SegcamError
+from client.http import ARTIFACTS, FINAL, SegcamClient, SegcamError, artifact_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -186,7 +186,7 @@ def cmd_submit(args) -> int:
                     d = out_dir / dirs[name]
                     d.mkdir(parents=True, exist_ok=True)
                     for a in ARTIFACTS:
-                        (d / f"{a}.png").write_bytes(client.download(job["id"], a))
+                        (d / artifact_file(job, a)).write_bytes(client.download(job["id"], a))
                     (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
                     out["dir"] = dirs[name]
             except TimeoutError:

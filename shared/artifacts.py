@@ -1,4 +1,4 @@
-"""Image bytes in Redis: the upload a worker reads and the PNGs it writes.
+"""Image bytes in Redis: the upload a worker reads and the images it writes.
 
 Blobs live under their own keys with a TTL and never inside a Celery message or the
 result backend, which would publish the whole value on every result and base64 it.
@@ -10,6 +10,9 @@ import redis
 
 from shared.keys import Keys
 from shared.schemas import ARTIFACT_NAMES
+
+PNG = "image/png"
+JPEG = "image/jpeg"
 
 
 class ArtifactStore:
@@ -35,3 +38,12 @@ class ArtifactStore:
         if name not in ARTIFACT_NAMES:
             return None
         return self.r.get(self.keys.artifact(job_id, name))
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def media_type(data: bytes) -> str:
+    """What an artifact's bytes are, from the bytes: the worker makes PNGs, and JPEG overlays."""
+    return JPEG if is_jpeg(data) else PNG

@@ -114,7 +114,7 @@ def _decode_rgb(data: bytes) -> Image.Image:
     im = Image.open(io.BytesIO(data))
     im.seek(0)
     im.load()
-    im = ImageOps.exif_transpose(im) or im
+    ImageOps.exif_transpose(im, in_place=True)  # a copy otherwise, rotated or not: 9 ms at 12 MP
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im, dtype=np.float32)
         if im.mode != "F" and arr.max(initial=0) > 255:
@@ -126,4 +126,4 @@ def _decode_rgb(data: bytes) -> Image.Image:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert copies even RGB to RGB

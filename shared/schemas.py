@@ -158,6 +158,11 @@ class JobResult(BaseModel):
     explanation: Explanation
     timings_ms: Timings
     batch_size: int = Field(1, description="How many jobs shared this job's forward and backward pass.")
+    media_types: dict[str, str] = Field(
+        default_factory=lambda: dict.fromkeys(ARTIFACT_NAMES, "image/png"),
+        description="Artifact name to what its bytes are: always image/png for the mask and heatmap; "
+        "the overlay is image/jpeg for a JPEG upload (SEGCAM_OVERLAY_FORMAT=auto).",
+    )
     reproduce: Reproduction | None = None
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URL.")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from client.http import ARTIFACTS, SegcamClient
+from client.http import ARTIFACTS, SegcamClient, artifact_file
 from training.shapes import make_scene
 
 # (seed, size, method, class): a spread of sizes and every Grad-CAM method.
@@ -61,7 +61,7 @@ def run_demo(base_url: str, out_dir: Path, n: int = 8) -> list[dict]:
             (d / "result.json").write_text(json.dumps(job, indent=2) + "\n")
             if job["status"] == "succeeded":
                 for a in ARTIFACTS:
-                    (d / f"{a}.png").write_bytes(client.download(job["id"], a))
+                    (d / artifact_file(job, a)).write_bytes(client.download(job["id"], a))
             return {"name": name, "job": job, "dir": d}
 
         with ThreadPoolExecutor(max_workers=len(images)) as pool:
@@ -91,7 +91,8 @@ def write_summary(out_dir: Path, rows: list[dict], wall_s: float) -> None:
             f"| {t.get('queue_wait_ms', '-')} | {t.get('total_ms', '-')} |"
         )
         if job["status"] == "succeeded":
-            tiles.append([Image.open(r["dir"] / f"{n}.png").convert("RGB") for n in ("input", *ARTIFACTS)])
+            files = ["input.png", *(artifact_file(job, a) for a in ARTIFACTS)]
+            tiles.append([Image.open(r["dir"] / f).convert("RGB") for f in files])
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     if tiles:
         cell, gap = 160, 8  # each image fitted and centred in its cell; rows and columns kept apart

@@ -50,6 +50,7 @@ class ItemResult:
     cam: np.ndarray  # (h, w) float32 at model input resolution
     labels: np.ndarray  # (H, W) uint8 at original resolution
     timings_ms: dict[str, float] = field(default_factory=dict)
+    media_types: dict[str, str] = field(default_factory=dict)  # artifact name -> what its bytes are
 
 
 @dataclass
@@ -64,6 +65,10 @@ class Computed:
     segmentations: list | None  # beside a GPU, the label maps and statistics made on it
     timings_ms: dict[str, float]
     labels_s: float = 0.0  # the time the GPU's label maps took, counted as encoding
+    overlays: list[str] = field(default_factory=list)  # each image's overlay media type
+
+    def __post_init__(self) -> None:
+        self.overlays = self.overlays or [render.PNG] * len(self.images)
 
     def one(self, i: int) -> Computed:
         """Image ``i`` alone, as the batch computed it (to finish it without the others)."""
@@ -71,7 +76,7 @@ class Computed:
             self.images[i : i + 1], self.method, self.cams[i : i + 1], self.targets[i : i + 1],
             None if self.logits is None else self.logits[i : i + 1],
             None if self.segmentations is None else self.segmentations[i : i + 1],
-            self.timings_ms, self.labels_s / len(self.images),
+            self.timings_ms, self.labels_s / len(self.images), self.overlays[i : i + 1],
         )  # fmt: skip
 
 
@@ -88,8 +93,9 @@ class Pipeline:
     and resizing; label maps, statistics, PNGs: torch, numpy and Pillow release the GIL there).
     On a GPU that work would otherwise run image after image while the device waits."""
 
-    def __init__(self, model: LoadedModel, threads: int = 1) -> None:
+    def __init__(self, model: LoadedModel, threads: int = 1, overlay: render.Overlay = render.LOSSLESS) -> None:
         self.model = model
+        self.overlay = overlay
         self.labels = model.manifest.labels
         self.cuda = model.device.type == "cuda"
         self.pool = _pool(threads) if threads > 1 else _INLINE
@@ -141,14 +147,15 @@ class Pipeline:
             "inference_ms": out.forward_s * 1000,
             "cam_ms": (t2 - t1 - out.forward_s) * 1000,
         }
+        overlays = [self.overlay.media_type(it.data) for it in items]
         if not self.device_labels:
-            return Computed(images, method, out.cams, out.targets, out.logits, None, timings)
+            return Computed(images, method, out.cams, out.targets, out.logits, None, timings, overlays=overlays)
         # Full-resolution label maps are milliseconds on the GPU and hundreds on the CPU; made
         # here, they leave ``finish`` nothing to queue behind the next batch's kernels.
         with torch.no_grad():
             sizes = [im.size for im in images]
             segs = [self._labels_and_stats(out.logits[i : i + 1], h, w) for i, (w, h) in enumerate(sizes)]
-        return Computed(images, method, out.cams, out.targets, None, segs, timings, self.clock() - t2)
+        return Computed(images, method, out.cams, out.targets, None, segs, timings, self.clock() - t2, overlays)
 
     def finish(self, computed: Computed, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
         """The CPU's half; no GPU work, so no wait for another thread's kernels (hence
@@ -156,30 +163,36 @@ class Pipeline:
         (on_stage or (lambda _s: None))("encode")
         c = computed
         te = time.perf_counter()
-        results = self._postprocess(c.images, c.logits, c.cams, c.targets, c.method, c.segmentations)
+        results = self._postprocess(c.images, c.logits, c.cams, c.targets, c.method, c.segmentations, c.overlays)
         encode_ms = (time.perf_counter() - te + c.labels_s) * 1000 / len(results)
         for res in results:
             res.timings_ms = {**c.timings_ms, "encode_ms": encode_ms}
         return results
 
-    def _postprocess(self, images, logits, cams: np.ndarray, targets, method, segmentations=None) -> list[ItemResult]:
+    def _postprocess(
+        self, images, logits, cams, targets, method, segmentations=None, overlays=None
+    ) -> list[ItemResult]:
         """Each image's two independent halves (label map with its statistics and mask; heatmap
         with the overlay) go to the pool. ``segmentations``: label maps and statistics made
-        already (on a GPU), so only their masks are encoded here."""
+        already (on a GPU), so only their masks are encoded here. ``overlays``: each overlay's
+        media type (PNG when not given)."""
+        overlays = overlays or [render.PNG] * len(images)
         pending = []
         for i, image in enumerate(images):
             if segmentations is not None:
                 pending.append(self.pool.submit(self._mask, *segmentations[i]))
             else:  # logits[i : i + 1] keeps the batch's memory layout (see _labels_and_stats)
                 pending.append(self.pool.submit(self._segmentation, logits[i : i + 1], image.size))
-            pending.append(self.pool.submit(self._heat, image, cams[i]))
+            pending.append(self.pool.submit(self._heat, image, cams[i], overlays[i]))
         parts = _results(pending)
         results = []
         for i, image in enumerate(images):
             (labels, stats, mask), (heat, heat_png, overlay) = parts[2 * i], parts[2 * i + 1]
             explanation = self._explanation(targets[i], method, heat, labels)
             artifacts = {"mask": mask, "heatmap": heat_png, "overlay": overlay}
-            results.append(ItemResult(image.size[0], image.size[1], stats, explanation, artifacts, cams[i], labels))
+            media = {"mask": render.PNG, "heatmap": render.PNG, "overlay": overlays[i]}
+            w, h = image.size
+            results.append(ItemResult(w, h, stats, explanation, artifacts, cams[i], labels, media_types=media))
         return results
 
     def _map(self, fn: Callable, xs: list) -> list:
@@ -197,10 +210,11 @@ class Pipeline:
     def _mask(labels: np.ndarray, stats: list[ClassStat]) -> tuple[np.ndarray, list[ClassStat], bytes]:
         return labels, stats, render.mask_png(labels)
 
-    def _heat(self, image: Image.Image, cam: np.ndarray) -> tuple[np.ndarray, bytes, bytes]:
+    def _heat(self, image: Image.Image, cam: np.ndarray, overlay: str) -> tuple[np.ndarray, bytes, bytes]:
         heat = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(image.size, Image.BILINEAR))
         heat_u8 = render.heatmap_u8(heat)
-        return heat, render.heatmap_png(heat_u8), render.overlay_png(np.asarray(image), heat_u8)
+        png = render.heatmap_png(heat_u8)
+        return heat, png, render.overlay_image(image, heat_u8, overlay, self.overlay.jpeg_quality)
 
     def _labels_and_stats(self, logits: torch.Tensor, H: int, W: int) -> tuple[np.ndarray, list[ClassStat]]:
         """``logits``: (1, C, h, w), a slice of the batch that keeps its memory layout (indexing

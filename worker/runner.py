@@ -33,7 +33,7 @@ from shared.logs import job_context
 from shared.model_store import ModelManifest, ModelNotFound, ModelStore
 from shared.redis_conn import OUTAGES
 from shared.schemas import ImageSize, JobResult, ModelRef, Reproduction, Timings
-from worker import faults
+from worker import faults, render
 from worker.linger import QueueWatch
 from worker.loader import ModelCache, ModelLoadError
 from worker.pipeline import Computed, Item, ItemResult, Pipeline
@@ -61,6 +61,7 @@ class JobRunner:
         linger_ms: float = 0.0,
         watch: QueueWatch | None = None,
         postprocess_threads: int = 1,
+        overlay: render.Overlay = render.LOSSLESS,
         overlap: bool = False,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -78,6 +79,7 @@ class JobRunner:
         self.linger_s = max(0.0, linger_ms) / 1000 if watch is not None else 0.0
         self.watch = watch
         self.postprocess_threads = postprocess_threads
+        self.overlay = overlay
         self.overlap = overlap
         self.stopping = stopping  # the worker is shutting down: claim nothing more
         self._sending = threading.Lock()  # webhooks are queued from the lane's thread too
@@ -268,7 +270,7 @@ class JobRunner:
             return {rec.id: self._fail(rec, "model_unavailable", str(e)) for rec, _ in group}, None
         items = [Item(rec.id, data, rec.spec.target_class) for rec, data in group]
         hook = StageHook(self, [rec for rec, _ in group], [data for _, data in group])
-        pipeline = Pipeline(model, self.postprocess_threads)
+        pipeline = Pipeline(model, self.postprocess_threads, self.overlay)
         t0 = time.perf_counter()
         try:
             try:
@@ -331,6 +333,7 @@ class JobRunner:
                 **{k: round(v, 3) for k, v in res.timings_ms.items()},
             ),
             batch_size=batch,
+            media_types=res.media_types,
             reproduce=reproduction(manifest, rec, self.device_name, res.explanation.target_layer),
         )
 

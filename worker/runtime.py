@@ -21,7 +21,7 @@ from shared.model_store import ModelStore
 from shared.redis_conn import get_redis
 from shared.schemas import Method
 from shared.settings import Settings, get_settings
-from worker import shutdown
+from worker import render, shutdown
 from worker.device import resolve_device
 from worker.linger import QueueWatch
 from worker.loader import LoadedModel, ModelCache
@@ -102,6 +102,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,
+        overlay=render.Overlay(settings.overlay_format, settings.overlay_jpeg_quality),
         overlap=overlap_wanted(
             settings.overlap, device, torch.get_num_threads(), len(os.sched_getaffinity(0)), settings.cpu_workers
         ),

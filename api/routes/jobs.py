@@ -19,6 +19,7 @@ from api.events import DRAINING, POSITION, EventHub, Follower
 from api.queueing import enqueue, new_job_id
 from api.validation import SUBMIT_BODY, Submission, build_spec, checked_form
 from shared import webhooks
+from shared.artifacts import media_type
 from shared.jobs import JobRecord
 from shared.schemas import ARTIFACT_NAMES, STAGES, JobAccepted, JobStatus, JobView
 from shared.views import job_url, job_view
@@ -236,9 +237,10 @@ def cancel_job(job_id: str, who: Principal = Depends(principal), svc: Services =
 
 @router.get(
     "/{job_id}/artifacts/{name}",
-    summary="Download a PNG artifact: mask (palette of class indices), heatmap (8-bit gray) or overlay (RGB)",
+    summary="Download an artifact: mask (PNG, palette of class indices), heatmap (PNG, 8-bit gray) or overlay "
+    "(RGB: JPEG for a JPEG upload, PNG otherwise; the result's media_types says which)",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **responses(401, 404, 409)},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **responses(401, 404, 409)},
 )
 def get_artifact(
     job_id: str,
@@ -254,4 +256,4 @@ def get_artifact(
     data = svc.artifacts.get(job_id, name)
     if data is None:
         raise ApiError(404, "artifact_expired", f"artifact '{name}' of job {job_id} has expired")
-    return Response(data, media_type="image/png")
+    return Response(data, media_type=media_type(data))

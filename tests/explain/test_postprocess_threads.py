@@ -74,16 +74,16 @@ def test_logits_over_the_budget_are_copied_not_overwritten(demo_model, items, mo
 
 
 def test_a_failure_in_one_image_is_raised_from_the_pool(demo_model, items, monkeypatch):
-    real = render.overlay_png
+    real = render.overlay_image
     calls = []
 
-    def breaks_on_the_second(rgb, heat):
+    def breaks_on_the_second(image, heat, *a):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("encoder broke")
-        return real(rgb, heat)
+        return real(image, heat, *a)
 
-    monkeypatch.setattr(render, "overlay_png", breaks_on_the_second)
+    monkeypatch.setattr(render, "overlay_image", breaks_on_the_second)
     with pytest.raises(RuntimeError, match="encoder broke"):
         Pipeline(demo_model, 2).run(items, Method.gradcam)
     calls.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -44,13 +45,15 @@ def test_submit_a_folder_waits_with_progress_and_writes_every_jobs_artifacts(sta
     progress = done.stderr
     assert "queued, position" in progress and "succeeded" in progress and "img2.png" in progress
     # Run again over the folder with one image more: only that one is sent, two at a time at most.
-    (folder / "img9.png").write_bytes(scene_png(509, size=(100, 90)))
+    # A photo: its overlay comes back as a JPEG and is saved under that suffix.
+    Image.open(io.BytesIO(scene_png(509, size=(100, 90)))).save(folder / "img9.jpg", quality=90)
     again = segcam(stack, "submit", str(folder), "--out", str(out), "--skip-done", "--parallel", "2")
     assert again.returncode == 0, again.stderr
     assert "skipped 4 image(s) with results under" in again.stderr and "wrote 1 result(s)" in again.stderr
     assert Image.open(out / "img9" / "mask.png").size == (100, 90)
+    assert Image.open(out / "img9" / "overlay.jpg").format == "JPEG" and not (out / "img9" / "overlay.png").exists()
     (line,) = (out / "summary.jsonl").read_text().splitlines()  # this run's images: the one sent
-    assert json.loads(line) | {"job_id": None} == {"image": "img9.png", "job_id": None, "status": "succeeded",
+    assert json.loads(line) | {"job_id": None} == {"image": "img9.jpg", "job_id": None, "status": "succeeded",
                                                    "error": None, "dir": "img9"}  # fmt: skip
 
 

@@ -75,6 +75,22 @@ def test_twenty_concurrent_jobs_all_succeed_with_valid_artifacts(stack, rclient)
     assert not any(rclient.exists(f"celery-task-meta-{a['id']}") for a, _ in accepted)
 
 
+def test_a_jpeg_uploads_overlay_is_served_as_a_jpeg_and_its_mask_and_heatmap_as_pngs(stack):
+    """A photo's lossless overlay would be eight times the upload (the worker's default,
+    SEGCAM_OVERLAY_FORMAT=auto, follows the upload's format); the data artifacts stay PNG."""
+    buf = io.BytesIO()
+    make_scene(30_000_100, size=128).image.resize((200, 150)).save(buf, "JPEG", quality=90)
+    with SegcamClient(stack.url) as client:
+        job = client.wait(client.submit(buf.getvalue())["id"], timeout=120)
+        assert job["status"] == "succeeded", job.get("error")
+        assert job["result"]["media_types"] == {"mask": "image/png", "heatmap": "image/png", "overlay": "image/jpeg"}
+        for name, fmt in [("mask", "PNG"), ("heatmap", "PNG"), ("overlay", "JPEG")]:
+            r = client.http.get(f"/v1/jobs/{job['id']}/artifacts/{name}")
+            assert r.headers["content-type"] == f"image/{fmt.lower()}"
+            im = Image.open(io.BytesIO(r.content))
+            assert (im.format, im.size) == (fmt, (200, 150))
+
+
 def test_unknown_job_is_404(stack):
     r = httpx.get(f"{stack.url}/v1/jobs/{'f' * 32}")
     assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"

@@ -522,15 +522,15 @@ def test_a_job_that_breaks_while_finishing_fails_alone_without_a_second_pass(par
     odd = scenes[1].image.resize((123, 77))  # the encoder breaks on this image only
     for i, image in enumerate([scenes[0].image, odd, scenes[2].image]):
         submit(f"{i:032x}", image)
-    real = render.overlay_png
+    real = render.overlay_image
 
-    def breaks_on_the_odd_one(rgb, heat, *a):
-        if rgb.shape[:2] == (77, 123):
+    def breaks_on_the_odd_one(image, heat, *a):
+        if image.size == (123, 77):
             raise RuntimeError("encoder broke")
-        return real(rgb, heat, *a)
+        return real(image, heat, *a)
 
     real_compute, computed = Pipeline.compute, []
-    monkeypatch.setattr(render, "overlay_png", breaks_on_the_odd_one)
+    monkeypatch.setattr(render, "overlay_image", breaks_on_the_odd_one)
     monkeypatch.setattr(Pipeline, "compute", lambda self, items, *a, **k: computed.append(len(items)) or
                         real_compute(self, items, *a, **k))  # fmt: skip
     out = runner(batch=8, overlap=overlap).run_token("tok", QUEUE)

@@ -24,6 +24,11 @@ log = logging.getLogger("segcam.worker")
 
 
 class SegmentTask(Task):
+    # Flower shows a task's result, the jobs it ran, as Celery's task-succeeded event carries it:
+    # cut at 1024 characters by default, which is about 20 job IDs, while a draining task runs
+    # hundreds. 64 KiB lists about 1,300, once per task (and every job's record names its worker).
+    resultrepr_maxsize = 64 * 1024
+
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Runs in the worker's parent when the hard time limit killed the pool child.
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
-from datetime import UTC, datetime
 
 from api.events import EventHub
 from shared.settings import Settings
@@ -91,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         from benchmarks import run
 
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = run.RESULTS / f"events_idle-{stamp}.json"
-        out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "follow_ms": summ}, indent=1) + "\n")
-        print(f"wrote {out.relative_to(run.ROOT)}")
+        run.save_result("events_idle", {"args": vars(args), "machine": run.machine(), "follow_ms": summ})
     return 0
 
 

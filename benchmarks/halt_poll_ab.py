@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import run
@@ -78,9 +76,7 @@ def spin_ab(args: argparse.Namespace) -> int:
 
 
 def _save(args: argparse.Namespace, body: dict) -> int:
-    out = run.RESULTS / f"halt_poll_ab-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), **body}, indent=2) + "\n")
-    print(f"wrote {out}")
+    run.save_result("halt_poll_ab", {"args": vars(args), "machine": run.machine(), **body})
     return 0
 
 

@@ -14,18 +14,16 @@ gateway section of ``make bench``; writes ``benchmarks/results/idempotency_cost-
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
 from benchmarks.loadgen import RawClient, multipart_request
-from benchmarks.run import RESULTS, ROOT, Procs, machine
+from benchmarks.run import ROOT, Procs, machine, save_result
 from stack.local import API_CMD, free_port
 
 KINDS = ("without a key", "with a fresh key")
@@ -96,11 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += [f"| {k} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['n']} |" for k, v in summ.items()]
     print("\n".join(rows) + f"\n\nwith / without: {ratio:.3f}x at p50")
     if not args.no_save:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS / f"idempotency_cost-{stamp}.json"
-        doc = {"args": vars(args), "machine": machine(), "summary": summ, "ratio_p50": round(ratio, 4)}
-        out.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {out.relative_to(ROOT)}")
+        save_result("idempotency_cost", {"args": vars(args), "machine": machine(), "summary": summ,
+                                         "ratio_p50": round(ratio, 4)})  # fmt: skip
     return 0
 
 

@@ -21,13 +21,11 @@ drift hits both and neither always runs second. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import run
@@ -172,13 +170,9 @@ def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path],
 
 
 def _save(args: argparse.Namespace, rows: dict, summary: dict) -> int:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     kind = ("overload" if args.overload else "refusals" if args.refusals else "gateway" if args.gateway
             else "overhead")  # fmt: skip
-    out = Path(__file__).parent / "results" / f"{kind}_ab-{stamp}.json"
-    out.write_text(json.dumps({"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary},
-                              indent=2) + "\n")  # fmt: skip
-    print(f"wrote {out}")
+    run.save_result(f"{kind}_ab", {"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary})
     return 0
 
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import time
-from datetime import UTC, datetime
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from benchmarks.run import RESULTS, ROOT, machine
+from benchmarks.run import ROOT, machine, save_result
 from shared.model_store import ModelStore
 from shared.schemas import Method
 from worker import render
@@ -145,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmasks and heatmaps byte for byte the same in both variants\n")
     print("\n".join(blends) + "\n\nthe same pixels from both blends")
     if not args.no_save:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS / f"overlay_format-{stamp}.json"
-        out.write_text(json.dumps({"args": vars(args), "machine": machine(), "results": results}, indent=1) + "\n")
-        print(f"wrote {out.relative_to(ROOT)}")
+        save_result("overlay_format", {"args": vars(args), "machine": machine(), "results": results})
     return 0
 
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -149,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"| {key} | {b} | {stage} | {name} | {med:.2f} | {base / med:.2f}x |", flush=True)
     finally:
         bench.close()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = {"machine": run.machine(device), "args": vars(args), "rows": rows}
-    path = run.RESULTS / f"postprocess-{stamp}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\n{path.relative_to(run.ROOT)}")
+    run.save_result("postprocess", {"machine": run.machine(device), "args": vars(args), "rows": rows})
     return 0
 
 

@@ -841,6 +841,15 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def save_result(kind: str, doc: dict) -> Path:
+    """Keep a side benchmark's figures, as ``make bench`` keeps its own:
+    ``benchmarks/results/<kind>-<utc-time>.json``."""
+    out = RESULTS / f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return out
+
+
 def machine(device: str = "cpu") -> dict:
     """The host as far as the figures depend on it. Hosts behind the same model name differ: the
     vector extensions decide, e.g., whether bf16 is fast (avx512_bf16, amx) or emulated."""

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import run
@@ -105,13 +103,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({ms_per_job:.1f} ms per job), stages p50 {loop['stage_ms_p50']}; {total} main-thread samples")  # fmt: skip
     print()
     print(table(total, counts, ms_per_job))
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = run.RESULTS / f"saturated_profile-{stamp}.json"
     record = {"model": args.model, "clients": args.clients, "settings": settings, "machine": run.machine(),
               "code": run.code_version(), "throughput_per_s": rate, "stage_ms_p50": loop["stage_ms_p50"],
               "main_thread_samples": total, "samples": [[p, f, n] for (p, f), n in counts.items()]}  # fmt: skip
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    run.save_result("saturated_profile", record)
     return 0
 
 

@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import redis
 
-from benchmarks.run import RESULTS, ROOT, Procs, machine
+from benchmarks.run import ROOT, Procs, machine, save_result
 from stack.local import API_CMD, free_port
 from training.shapes import make_scene
 
@@ -157,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(one(args, "sse", interval, Path(tmp)))
     print(markdown(rows))
     if not args.no_save:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS / f"sse_fanout-{stamp}.json"
-        out.write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=1) + "\n")
-        print(f"wrote {out.relative_to(ROOT)}")
+        save_result("sse_fanout", {"args": vars(args), "machine": machine(), "rows": rows})
     return 0
 
 

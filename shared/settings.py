@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     # where torch leaves a core idle (elsewhere both halves want the same cores).
     overlap: str = Field("auto", pattern=r"^(auto|on|off)$")
     # The overlay is a picture for people: auto makes it a JPEG for a JPEG upload (a lossless
-    # overlay of a photo is 8x the size and 20x the encoding), a PNG otherwise. Mask and
-    # heatmap are always PNG.
+    # overlay of a 12 MP photo was 7x the bytes and most of the job), a PNG otherwise. Mask
+    # and heatmap are always PNG.
     overlay_format: str = Field("auto", pattern=r"^(auto|png|jpeg)$")
     overlay_jpeg_quality: int = Field(90, ge=1, le=95)
     task_soft_time_limit_s: int = 120

@@ -64,11 +64,8 @@ class Computed:
     logits: torch.Tensor | None  # on the CPU, for the label maps made in ``finish``
     segmentations: list | None  # beside a GPU, the label maps and statistics made on it
     timings_ms: dict[str, float]
+    overlays: list[str]  # each image's overlay media type
     labels_s: float = 0.0  # the time the GPU's label maps took, counted as encoding
-    overlays: list[str] = field(default_factory=list)  # each image's overlay media type
-
-    def __post_init__(self) -> None:
-        self.overlays = self.overlays or [render.PNG] * len(self.images)
 
     def one(self, i: int) -> Computed:
         """Image ``i`` alone, as the batch computed it (to finish it without the others)."""
@@ -76,7 +73,7 @@ class Computed:
             self.images[i : i + 1], self.method, self.cams[i : i + 1], self.targets[i : i + 1],
             None if self.logits is None else self.logits[i : i + 1],
             None if self.segmentations is None else self.segmentations[i : i + 1],
-            self.timings_ms, self.labels_s / len(self.images), self.overlays[i : i + 1],
+            self.timings_ms, self.overlays[i : i + 1], self.labels_s / len(self.images),
         )  # fmt: skip
 
 
@@ -149,13 +146,13 @@ class Pipeline:
         }
         overlays = [self.overlay.media_type(it.data) for it in items]
         if not self.device_labels:
-            return Computed(images, method, out.cams, out.targets, out.logits, None, timings, overlays=overlays)
+            return Computed(images, method, out.cams, out.targets, out.logits, None, timings, overlays)
         # Full-resolution label maps are milliseconds on the GPU and hundreds on the CPU; made
         # here, they leave ``finish`` nothing to queue behind the next batch's kernels.
         with torch.no_grad():
             sizes = [im.size for im in images]
             segs = [self._labels_and_stats(out.logits[i : i + 1], h, w) for i, (w, h) in enumerate(sizes)]
-        return Computed(images, method, out.cams, out.targets, None, segs, timings, self.clock() - t2, overlays)
+        return Computed(images, method, out.cams, out.targets, None, segs, timings, overlays, self.clock() - t2)
 
     def finish(self, computed: Computed, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
         """The CPU's half; no GPU work, so no wait for another thread's kernels (hence

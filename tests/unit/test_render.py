@@ -54,7 +54,7 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 def test_overlay_format_follows_the_upload_in_auto_and_is_fixed_otherwise():
-    photo, drawing = _jpeg(_photo()), render.encode_png(Image.fromarray(_photo()))
+    photo, drawing = _jpeg(_photo()), render.heatmap_png(_photo()[..., 0])
     auto = render.Overlay("auto")
     assert (auto.media_type(photo), auto.media_type(drawing)) == ("image/jpeg", "image/png")
     assert {render.Overlay("png").media_type(d) for d in (photo, drawing)} == {"image/png"}

@@ -19,18 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from shared.imaging import decode_rgb
 from shared.schemas import ClassStat, Explanation, Method, Peak
 from worker import render
 from worker.cam import explain
+from worker.labels import LabelMap, Reduced, assemble, reduce_logits
 from worker.loader import LoadedModel
-
-# Upsample logits to the original size (smooth mask edges) while C*H*W stays below this;
-# above it, upsample the label map instead, so a huge image cannot exhaust memory.
-FULL_RES_LOGITS_BUDGET = 32_000_000
 
 
 @dataclass
@@ -62,17 +58,17 @@ class Computed:
     cams: np.ndarray
     targets: list
     logits: torch.Tensor | None  # on the CPU, for the label maps made in ``finish``
-    segmentations: list | None  # beside a GPU, the label maps and statistics made on it
+    reduced: list[Reduced] | None  # beside a GPU, each image's logits reduced on it
     timings_ms: dict[str, float]
     overlays: list[str]  # each image's overlay media type
-    labels_s: float = 0.0  # the time the GPU's label maps took, counted as encoding
+    labels_s: float = 0.0  # the time the reductions on the GPU took, counted as encoding
 
     def one(self, i: int) -> Computed:
         """Image ``i`` alone, as the batch computed it (to finish it without the others)."""
         return Computed(
             self.images[i : i + 1], self.method, self.cams[i : i + 1], self.targets[i : i + 1],
             None if self.logits is None else self.logits[i : i + 1],
-            None if self.segmentations is None else self.segmentations[i : i + 1],
+            None if self.reduced is None else self.reduced[i : i + 1],
             self.timings_ms, self.overlays[i : i + 1], self.labels_s / len(self.images),
         )  # fmt: skip
 
@@ -96,7 +92,7 @@ class Pipeline:
         self.labels = model.manifest.labels
         self.cuda = model.device.type == "cuda"
         self.pool = _pool(threads) if threads > 1 else _INLINE
-        self.device_labels = self.cuda  # label maps made in ``compute``, on the device
+        self.device_labels = self.cuda  # logits reduced in ``compute``, on the device
 
     def clock(self) -> float:
         if self.cuda:
@@ -147,12 +143,10 @@ class Pipeline:
         overlays = [self.overlay.media_type(it.data) for it in items]
         if not self.device_labels:
             return Computed(images, method, out.cams, out.targets, out.logits, None, timings, overlays)
-        # Full-resolution label maps are milliseconds on the GPU and hundreds on the CPU; made
-        # here, they leave ``finish`` nothing to queue behind the next batch's kernels.
-        with torch.no_grad():
-            sizes = [im.size for im in images]
-            segs = [self._labels_and_stats(out.logits[i : i + 1], h, w) for i, (w, h) in enumerate(sizes)]
-        return Computed(images, method, out.cams, out.targets, None, segs, timings, overlays, self.clock() - t2)
+        # Reduced here, on the device, the logits leave ``finish`` nothing to queue behind the
+        # next batch's kernels, and only what the label maps need is copied to the host.
+        reduced = [reduce_logits(out.logits[i : i + 1]) for i in range(len(images))]
+        return Computed(images, method, out.cams, out.targets, None, reduced, timings, overlays, self.clock() - t2)
 
     def finish(self, computed: Computed, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
         """The CPU's half; no GPU work, so no wait for another thread's kernels (hence
@@ -160,26 +154,21 @@ class Pipeline:
         (on_stage or (lambda _s: None))("encode")
         c = computed
         te = time.perf_counter()
-        results = self._postprocess(c.images, c.logits, c.cams, c.targets, c.method, c.segmentations, c.overlays)
+        results = self._postprocess(c.images, c.logits, c.cams, c.targets, c.method, c.reduced, c.overlays)
         encode_ms = (time.perf_counter() - te + c.labels_s) * 1000 / len(results)
         for res in results:
             res.timings_ms = {**c.timings_ms, "encode_ms": encode_ms}
         return results
 
-    def _postprocess(
-        self, images, logits, cams, targets, method, segmentations=None, overlays=None
-    ) -> list[ItemResult]:
+    def _postprocess(self, images, logits, cams, targets, method, reduced=None, overlays=None) -> list[ItemResult]:
         """Each image's two independent halves (label map with its statistics and mask; heatmap
-        with the overlay) go to the pool. ``segmentations``: label maps and statistics made
-        already (on a GPU), so only their masks are encoded here. ``overlays``: each overlay's
-        media type (PNG when not given)."""
+        with the overlay) go to the pool. ``reduced``: each image's logits reduced already (on a
+        GPU), in place of ``logits``. ``overlays``: each overlay's media type (PNG when not given)."""
         overlays = overlays or [render.PNG] * len(images)
         pending = []
         for i, image in enumerate(images):
-            if segmentations is not None:
-                pending.append(self.pool.submit(self._mask, *segmentations[i]))
-            else:  # logits[i : i + 1] keeps the batch's memory layout (see _labels_and_stats)
-                pending.append(self.pool.submit(self._segmentation, logits[i : i + 1], image.size))
+            source = reduced[i] if reduced is not None else logits[i : i + 1]
+            pending.append(self.pool.submit(self._segmentation, source, image.size))
             pending.append(self.pool.submit(self._heat, image, cams[i], overlays[i]))
         parts = _results(pending)
         results = []
@@ -197,15 +186,15 @@ class Pipeline:
             return [fn(xs[0])]
         return _results([self.pool.submit(fn, x) for x in xs])
 
-    def _segmentation(self, logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, list[ClassStat], bytes]:
+    def _segmentation(
+        self, source: torch.Tensor | Reduced, size: tuple[int, int]
+    ) -> tuple[np.ndarray, list[ClassStat], bytes]:
+        """``source``: one image's logits (1, C, h, w), or what ``reduce_logits`` kept of them.
+        The label map at the upload's size (``worker/labels.py``: the argmax of the bilinearly
+        upsampled logits, without upsampling them), its classes' statistics and the mask."""
         W, H = size
-        with torch.no_grad():
-            labels, stats = self._labels_and_stats(logits, H, W)
-        return self._mask(labels, stats)
-
-    @staticmethod
-    def _mask(labels: np.ndarray, stats: list[ClassStat]) -> tuple[np.ndarray, list[ClassStat], bytes]:
-        return labels, stats, render.mask_png(labels)
+        m = assemble(source if isinstance(source, Reduced) else reduce_logits(source), H, W)
+        return m.labels, self._stats(m), render.mask_png(m.labels)
 
     def _heat(self, image: Image.Image, cam: np.ndarray, overlay: str) -> tuple[np.ndarray, bytes, bytes]:
         heat = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(image.size, Image.BILINEAR))
@@ -213,38 +202,19 @@ class Pipeline:
         png = render.heatmap_png(heat_u8)
         return heat, png, render.overlay_image(image, heat_u8, overlay, self.overlay.jpeg_quality)
 
-    def _labels_and_stats(self, logits: torch.Tensor, H: int, W: int) -> tuple[np.ndarray, list[ClassStat]]:
-        """``logits``: (1, C, h, w), a slice of the batch that keeps its memory layout (indexing
-        one image out of a channels_last batch gives strides that send interpolate down a path
-        4x slower)."""
-        C = logits.shape[1]
-        if C * H * W <= FULL_RES_LOGITS_BUDGET:
-            scores = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)[0]
-        else:
-            scores = logits[0].float().clone()  # overwritten below; the batch's logits stay as they are
-        top, pred = scores.max(0)
-        # The top softmax probability, 1 / sum(exp(l - max)), without a full softmax (which is
-        # 4x slower on channels_last logits); same argmax, same value. In place: two fewer
-        # C x H x W buffers, whose fresh pages cost as much as the arithmetic on the CPU.
-        conf = scores.sub_(top).exp_().sum(0).reciprocal_()
-        pred_np = pred.to(torch.uint8).cpu().numpy()
-        counts = np.bincount(pred_np.ravel(), minlength=C)
-        conf_sums = torch.zeros(C, device=conf.device).index_add_(0, pred.flatten(), conf.flatten()).cpu().numpy()
-        total = pred_np.size
-        stats = [
+    def _stats(self, m: LabelMap) -> list[ClassStat]:
+        total = m.labels.size
+        return [
             ClassStat(
                 id=c,
                 label=self.labels[c],
-                pixel_fraction=round(float(counts[c] / total), 6),
-                mean_confidence=round(float(conf_sums[c] / counts[c]), 6),
+                pixel_fraction=round(float(m.counts[c] / total), 6),
+                mean_confidence=round(float(m.conf_sums[c] / m.counts[c]), 6),
                 color=render.hex_colour(c),
             )
-            for c in range(C)
-            if counts[c] > 0
+            for c in range(len(self.labels))
+            if m.counts[c] > 0
         ]
-        if pred_np.shape != (H, W):
-            pred_np = np.asarray(Image.fromarray(pred_np).resize((W, H), Image.NEAREST))
-        return pred_np, stats
 
     def _explanation(self, target, method: Method, heat: np.ndarray, labels: np.ndarray) -> Explanation:
         c = target.class_id

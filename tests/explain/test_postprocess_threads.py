@@ -7,6 +7,8 @@ about a result may depend on which thread made it.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -58,17 +60,11 @@ def test_an_undecodable_image_in_a_batch_is_rejected_on_any_thread_count(demo_mo
         Pipeline(demo_model, threads).run(broken, Method.gradcam)
 
 
-def test_logits_over_the_budget_are_copied_not_overwritten(demo_model, items, monkeypatch):
-    """Above the full-resolution budget the label map comes from the model-resolution logits,
-    computed in place: on a copy, so the caller's logits stay as they were."""
-    monkeypatch.setattr(pipeline, "FULL_RES_LOGITS_BUDGET", 0)
-    one = Pipeline(demo_model, 1).run(items, Method.gradcam)
-    for a, b in zip(one, Pipeline(demo_model, 2).run(items, Method.gradcam), strict=True):
-        same(a, b)
-        assert b.labels.shape == (b.height, b.width)
+def test_the_label_map_leaves_the_callers_logits_as_they_were(demo_model):
     logits = torch.randn(1, len(demo_model.manifest.labels), 12, 16)
     kept = logits.clone()
-    labels, stats = Pipeline(demo_model)._labels_and_stats(logits, 24, 32)
+    labels, stats, mask = Pipeline(demo_model)._segmentation(logits, (32, 24))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(mask))), labels)
     assert torch.equal(logits, kept)
     assert labels.shape == (24, 32) and abs(sum(c.pixel_fraction for c in stats) - 1) < 1e-5
 
@@ -122,14 +118,14 @@ def test_default_threads_follow_torch_on_the_cpu_and_the_cores_beside_a_gpu(monk
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_label_maps_made_in_compute_give_the_same_results(demo_model, items, threads):
-    """Beside a GPU the label maps are made in ``compute`` (on the device), so ``finish`` has no
+    """Beside a GPU the logits are reduced in ``compute`` (on the device), so ``finish`` has no
     GPU work to queue behind the next batch's kernels. Forced here on the CPU: same bytes, and
     ``finish`` gets no logits at all."""
     one = Pipeline(demo_model, 1).run(items, Method.gradcam)
     pipe = Pipeline(demo_model, threads)
     pipe.device_labels = True
     computed = pipe.compute(items, Method.gradcam)
-    assert computed.logits is None and len(computed.segmentations) == len(items)
+    assert computed.logits is None and len(computed.reduced) == len(items)
     for a, b in zip(one, pipe.finish(computed), strict=True):
         same(a, b)
         assert set(b.timings_ms) == {"preprocess_ms", "inference_ms", "cam_ms", "encode_ms"}
@@ -142,7 +138,7 @@ def test_compute_then_finish_reports_every_stage_in_order(demo_model, items):
     assert seen == ["preprocess", "inference", "cam"]
     results = pipe.finish(computed, on_stage=seen.append)
     assert seen[-1] == "encode" and len(results) == 2
-    assert computed.segmentations is None and computed.logits is not None  # on the CPU: made in finish
+    assert computed.reduced is None and computed.logits is not None  # on the CPU: reduced in finish
 
 
 @pytest.mark.parametrize("device_labels", [False, True])

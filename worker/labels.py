@@ -19,9 +19,11 @@ cells; inside a class's region, as the model-resolution probability upsampled bi
 (summed per cell in closed form). Against the full upsampling's, the means differed by at most
 0.011 on smooth random logits and 0.0001 on noise (``tests/unit/test_labels.py``).
 
-Two halves: ``reduce_logits`` runs where the logits are (torch; beside a GPU, on the device) and keeps
-what the map needs, small enough to copy to the host; ``assemble`` builds the map there (numpy,
-whose gathers and fancy indexing were 5-40x faster than torch's on the CPU).
+Two halves: ``reduce_logits`` runs where the logits are (torch; beside a GPU, on the device)
+and keeps what the map needs, small enough to copy to the host; ``assemble`` builds the map
+there (numpy, whose gathers and fancy indexing were 5-40x faster than torch's on the CPU). An
+upload no larger than the model's output is cheaper to map the plain way, every channel
+upsampled, and is.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 CHUNK_FLOATS = 1 << 22  # interpolated logits held at a time (16 MB)
 
@@ -53,7 +56,7 @@ class LabelMap:
 
 def label_map(logits: torch.Tensor, H: int, W: int) -> LabelMap:
     """``logits``: (1, C, h, w), left as they are."""
-    return assemble(reduce_logits(logits), H, W)
+    return assemble(reduce_logits(logits, H, W), H, W)
 
 
 def _far(n: int, device: torch.device | None = None) -> torch.Tensor:
@@ -62,18 +65,44 @@ def _far(n: int, device: torch.device | None = None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reduce_logits(logits: torch.Tensor) -> Reduced:
+def reduce_logits(logits: torch.Tensor, H: int, W: int) -> Reduced | LabelMap:
+    """What the map at H x W needs of ``logits``, on their device, copied to the host. An upload
+    no larger than the logits gets its map at once: upsampling C x H x W costs no more there."""
     L = logits[0].float()
     h, w = L.shape[1:]
-    top, pred = L.max(0)
+    if h * w >= H * W:
+        return _upsampled(logits, H, W)
+    top, pred = _max_and_argmax(L)
     conf = (L - top).exp_().sum(0).reciprocal_()  # the top softmax probability, without a full softmax
     i1, j1 = _far(h, L.device), _far(w, L.device)
     down = pred.index_select(0, i1)
     mixed = (pred != down) | (pred != pred.index_select(1, j1)) | (pred != down.index_select(1, j1))
     ci, cj = mixed.nonzero(as_tuple=True)
     ci2, cj2 = i1[ci], j1[cj]
-    corners = torch.stack([L[:, ci, cj], L[:, ci, cj2], L[:, ci2, cj], L[:, ci2, cj2]]).permute(2, 0, 1)
+    at = torch.stack([ci * w + cj, ci * w + cj2, ci2 * w + cj, ci2 * w + cj2], 1).flatten()
+    corners = L.reshape(L.shape[0], h * w).index_select(1, at).view(L.shape[0], -1, 4).permute(1, 2, 0)
     return Reduced(pred.cpu().numpy(), conf.cpu().numpy(), mixed.cpu().numpy(), corners.contiguous().cpu().numpy())
+
+
+def _upsampled(logits: torch.Tensor, H: int, W: int) -> LabelMap:
+    """The map from every channel upsampled: exact, and the cheaper way for small uploads."""
+    s = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)[0]
+    top, pred = _max_and_argmax(s)
+    conf = s.sub_(top).exp_().sum(0).reciprocal_()
+    C, pred = s.shape[0], pred.flatten()
+    sums = torch.zeros(C, dtype=torch.float64, device=s.device).index_add_(0, pred, conf.flatten().double())
+    counts = torch.bincount(pred, minlength=C)
+    return LabelMap(pred.view(H, W).to(torch.uint8).cpu().numpy(), counts.cpu().numpy(), sums.cpu().numpy())
+
+
+def _max_and_argmax(L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L.max(0)`` class by class: on the CPU torch's reduction with indices over the leading
+    dimension took 6 ms for 21 x 384 x 384 logits, this 5 (ties go to the first class, as there)."""
+    top, pred = L[0].clone(), torch.zeros(L.shape[1:], dtype=torch.int64, device=L.device)
+    for c in range(1, L.shape[0]):
+        pred.masked_fill_(L[c] > top, c)
+        torch.maximum(top, L[c], out=top)
+    return top, pred
 
 
 def _axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +114,9 @@ def _axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     return i0, np.clip(src - i0, 0, 1).astype(f)
 
 
-def assemble(r: Reduced, H: int, W: int) -> LabelMap:
+def assemble(r: Reduced | LabelMap, H: int, W: int) -> LabelMap:
+    if isinstance(r, LabelMap):
+        return r
     pred, conf = r.pred, r.conf
     (h, w), C = pred.shape, r.corners.shape[2]
     y0, wy = _axis(H, h)

@@ -25,7 +25,7 @@ from shared.imaging import decode_rgb
 from shared.schemas import ClassStat, Explanation, Method, Peak
 from worker import render
 from worker.cam import explain
-from worker.labels import LabelMap, Reduced, assemble, reduce_logits
+from worker.labels import LabelMap, Reduced, assemble, label_map, reduce_logits
 from worker.loader import LoadedModel
 
 
@@ -58,7 +58,7 @@ class Computed:
     cams: np.ndarray
     targets: list
     logits: torch.Tensor | None  # on the CPU, for the label maps made in ``finish``
-    reduced: list[Reduced] | None  # beside a GPU, each image's logits reduced on it
+    reduced: list[Reduced | LabelMap] | None  # beside a GPU, each image's logits reduced on it
     timings_ms: dict[str, float]
     overlays: list[str]  # each image's overlay media type
     labels_s: float = 0.0  # the time the reductions on the GPU took, counted as encoding
@@ -145,7 +145,7 @@ class Pipeline:
             return Computed(images, method, out.cams, out.targets, out.logits, None, timings, overlays)
         # Reduced here, on the device, the logits leave ``finish`` nothing to queue behind the
         # next batch's kernels, and only what the label maps need is copied to the host.
-        reduced = [reduce_logits(out.logits[i : i + 1]) for i in range(len(images))]
+        reduced = [reduce_logits(out.logits[i : i + 1], h, w) for i, (w, h) in enumerate(im.size for im in images)]
         return Computed(images, method, out.cams, out.targets, None, reduced, timings, overlays, self.clock() - t2)
 
     def finish(self, computed: Computed, on_stage: Callable[[str], None] | None = None) -> list[ItemResult]:
@@ -187,13 +187,13 @@ class Pipeline:
         return _results([self.pool.submit(fn, x) for x in xs])
 
     def _segmentation(
-        self, source: torch.Tensor | Reduced, size: tuple[int, int]
+        self, source: torch.Tensor | Reduced | LabelMap, size: tuple[int, int]
     ) -> tuple[np.ndarray, list[ClassStat], bytes]:
         """``source``: one image's logits (1, C, h, w), or what ``reduce_logits`` kept of them.
         The label map at the upload's size (``worker/labels.py``: the argmax of the bilinearly
         upsampled logits, without upsampling them), its classes' statistics and the mask."""
         W, H = size
-        m = assemble(source if isinstance(source, Reduced) else reduce_logits(source), H, W)
+        m = label_map(source, H, W) if isinstance(source, torch.Tensor) else assemble(source, H, W)
         return m.labels, self._stats(m), render.mask_png(m.labels)
 
     def _heat(self, image: Image.Image, cam: np.ndarray, overlay: str) -> tuple[np.ndarray, bytes, bytes]:

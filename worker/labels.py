@@ -138,33 +138,35 @@ def assemble(r: Reduced | LabelMap, H: int, W: int) -> LabelMap:
 
     ci, cj = np.nonzero(r.mixed)
     if len(ci):
-        # The boundary cells as dense blocks of the largest cell's size (n, by, bx, C); the pixels
-        # past a smaller cell's edge are computed and dropped.
+        # The boundary cells as dense blocks of the largest cell's size, (C, n, by, bx); the pixels
+        # past a smaller cell's edge are computed and dropped. Class by class: numpy's reductions
+        # over a short last axis were 4x slower than these whole-array passes.
         by, bx = int(ny.max()), int(nx.max())
         oy, ox = np.arange(by), np.arange(bx)
         first_y, first_x = np.cumsum(ny) - ny, np.cumsum(nx) - nx  # a cell's first output row / column
         per_chunk = max(1, CHUNK_FLOATS // (by * bx * C))
         for at in range(0, len(ci), per_chunk):
-            i, j, c = ci[at : at + per_chunk], cj[at : at + per_chunk], r.corners[at : at + per_chunk]
+            i, j = ci[at : at + per_chunk], cj[at : at + per_chunk]
+            c = r.corners[at : at + per_chunk].transpose(2, 1, 0)[..., None, None]  # (C, 4, n, 1, 1)
             rows = np.minimum(first_y[i][:, None] + oy, H - 1)  # (n, by)
             cols = np.minimum(first_x[j][:, None] + ox, W - 1)  # (n, bx)
-            fy, fx = wy[rows][:, :, None, None], wx[cols][:, None, :, None]
-            v = _bilinear(c[:, 0], c[:, 1], c[:, 2], c[:, 3], fy, fx)  # (n, by, bx, C)
-            k = v.argmax(-1)
-            v -= v.max(-1, keepdims=True)
-            cf = 1.0 / np.exp(v, out=v).sum(-1)
+            fy, fx = wy[rows][:, :, None], wx[cols][:, None, :]  # (n, by, 1), (n, 1, bx)
+            gy, gx = 1 - fy, 1 - fx
+            # F.interpolate's arithmetic, term by term, so that near-ties break as there
+            v = [gy * (gx * q[0] + fx * q[1]) + fy * (gx * q[2] + fx * q[3]) for q in c]
+            top = v[0].copy()
+            k = np.zeros(top.shape, np.intp)
+            for q in range(1, C):
+                k[v[q] > top] = q
+                np.maximum(top, v[q], out=top)
+            total = np.zeros_like(top)
+            for vq in v:
+                total += np.exp(vq - top)
             inside = (oy < ny[i][:, None])[:, :, None] & (ox < nx[j][:, None])[:, None, :]
             k = k[inside]
             Y = np.broadcast_to(rows[:, :, None], inside.shape)[inside]
             X = np.broadcast_to(cols[:, None, :], inside.shape)[inside]
             labels[Y, X] = k
             counts += np.bincount(k, minlength=C)
-            conf_sums += np.bincount(k, cf[inside], minlength=C)
+            conf_sums += np.bincount(k, 1.0 / total[inside], minlength=C)
     return LabelMap(labels, counts, conf_sums)
-
-
-def _bilinear(c00, c01, c10, c11, fy, fx):
-    """Corner logits (n, C) at weights (n, by, 1, 1) and (n, 1, bx, 1): the arithmetic of
-    ``F.interpolate(mode="bilinear")``, term by term, so that near-ties break as there."""
-    e = (slice(None), None, None)
-    return (1 - fy) * ((1 - fx) * c00[e] + fx * c01[e]) + fy * ((1 - fx) * c10[e] + fx * c11[e])

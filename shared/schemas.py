@@ -94,8 +94,11 @@ class ModelRef(BaseModel):
 class ClassStat(BaseModel):
     id: int
     label: str
-    pixel_fraction: float = Field(description="Share of the image's pixels predicted as this class.")
-    mean_confidence: float = Field(description="Mean softmax probability over those pixels.")
+    pixel_fraction: float = Field(description="Share of the image's pixels predicted as this class (exact).")
+    mean_confidence: float = Field(
+        description="Mean top-class softmax probability over those pixels: exact along class boundaries, "
+        "bilinearly upsampled from the model's resolution inside a class's regions (within about 0.01)."
+    )
     color: str = Field("", description="The class's colour in the mask PNG's palette, as #rrggbb.")
 
 

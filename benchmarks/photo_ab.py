@@ -1,11 +1,13 @@
 """Whole photo jobs through the worker's pipeline at two commits, side by side in one run.
 
     python -m benchmarks.photo_ab 5a7a159 HEAD [--sizes 1280x960,1920x1440,4032x3024] [--rounds 4]
+    python -m benchmarks.photo_ab 5a7a159 HEAD --model realistic --sizes 384x288,1920x1440
 
 ``make bench`` sends PNGs at the model's input size; users send photos, and every artifact is
 made at the upload's size. Each commit is checked out in a temporary git worktree and runs, in
 a process of its own, ``Pipeline.run`` on the same photo-like uploads (a JPEG and a PNG of each
-size; demo model, one torch thread, the worker's default settings), a few jobs per upload; rounds
+size; the demo model or ``make bench``'s realistic one, one torch thread, the worker's default
+settings), a few jobs per upload; rounds
 alternate between the commits, every other round in reverse order. Prints job ms p50 per upload
 and commit, and writes ``benchmarks/results/photo_ab-<utc-time>.json``.
 """
@@ -35,9 +37,15 @@ from shared.schemas import Method
 from worker import render
 from worker.loader import load_model
 from worker.pipeline import Item, Pipeline
-sizes, jobs = sys.argv[1].split(","), int(sys.argv[2])
-store = ModelStore("models/store")
-model = load_model(store, store.resolve("shapes"), torch.device("cpu"))
+sizes, jobs, which = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
+if which == "realistic":  # built as make bench builds it: locally initialised weights
+    import pathlib, tempfile
+    from benchmarks.run import build_store
+    store = ModelStore(build_store(pathlib.Path(tempfile.mkdtemp())))
+    name = "deeplab"
+else:
+    store, name = ModelStore("models/store"), "shapes"
+model = load_model(store, store.resolve(name), torch.device("cpu"))
 kw = {"overlay": render.Overlay("auto", 90)} if hasattr(render, "Overlay") else {}
 pipe = Pipeline(model, 1, **kw)
 out = {}
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1280x960,1920x1440,4032x3024")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=3, help="timed jobs per upload, commit and round")
+    ap.add_argument("--model", choices=["demo", "realistic"], default="demo")
     args = ap.parse_args(argv)
     samples: dict[str, dict[str, list[float]]] = {rev: {} for rev in args.revisions}
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 for rev in args.revisions[:: 1 if r % 2 == 0 else -1]:
                     env = {**os.environ, "PYTHONPATH": str(trees[rev])}
-                    got = json.loads(subprocess.run([sys.executable, "-c", CHILD, args.sizes, str(args.jobs)],
-                                                    cwd=trees[rev], check=True, capture_output=True, text=True,
+                    cmd = [sys.executable, "-c", CHILD, args.sizes, str(args.jobs), args.model]
+                    got = json.loads(subprocess.run(cmd, cwd=trees[rev], check=True, capture_output=True, text=True,
                                                     env=env).stdout)  # fmt: skip
                     for k, v in got.items():
                         samples[rev].setdefault(k, []).extend(v)

@@ -80,8 +80,12 @@ def reduce_logits(logits: torch.Tensor, H: int, W: int) -> Reduced | LabelMap:
     ci, cj = mixed.nonzero(as_tuple=True)
     ci2, cj2 = i1[ci], j1[cj]
     at = torch.stack([ci * w + cj, ci * w + cj2, ci2 * w + cj, ci2 * w + cj2], 1).flatten()
-    corners = L.reshape(L.shape[0], h * w).index_select(1, at).view(L.shape[0], -1, 4).permute(1, 2, 0)
-    return Reduced(pred.cpu().numpy(), conf.cpu().numpy(), mixed.cpu().numpy(), corners.contiguous().cpu().numpy())
+    C = L.shape[0]
+    if len(at):  # (reshape copies channels_last logits: only when there is a boundary)
+        corners = L.reshape(C, h * w).index_select(1, at).view(C, -1, 4).permute(1, 2, 0).contiguous()
+    else:
+        corners = L.new_empty((0, 4, C))
+    return Reduced(pred.cpu().numpy(), conf.cpu().numpy(), mixed.cpu().numpy(), corners.cpu().numpy())
 
 
 def _upsampled(logits: torch.Tensor, H: int, W: int) -> LabelMap:
@@ -96,8 +100,12 @@ def _upsampled(logits: torch.Tensor, H: int, W: int) -> LabelMap:
 
 
 def _max_and_argmax(L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``L.max(0)`` class by class: on the CPU torch's reduction with indices over the leading
-    dimension took 6 ms for 21 x 384 x 384 logits, this 5 (ties go to the first class, as there)."""
+    """``L.max(0)``, class by class where the classes are the outer dimension: there torch's
+    reduction with indices took 6 ms for 21 x 384 x 384 logits on the CPU, this 4.7. With the
+    classes innermost (channels_last logits) its reduction is the faster (4.0 against 10.9 ms).
+    Ties go to the first class either way."""
+    if L.stride(0) == 1:
+        return L.max(0)
     top, pred = L[0].clone(), torch.zeros(L.shape[1:], dtype=torch.int64, device=L.device)
     for c in range(1, L.shape[0]):
         pred.masked_fill_(L[c] > top, c)

@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.overlay_format import photo
-from benchmarks.run import ROOT, machine, save_result
+from benchmarks.overlay_format import photo, shipped_model
+from benchmarks.run import machine, save_result
 from shared.imaging import decode_rgb
-from shared.model_store import ModelStore
 from worker import labels
-from worker.loader import load_model
+from worker.loader import LoadedModel
 from worker.pipeline import Pipeline
 
 BUDGET = 32_000_000  # the old pipeline's FULL_RES_LOGITS_BUDGET
@@ -69,9 +68,7 @@ def synthetic(C: int = 21, size: int = 384, seed: int = 0) -> torch.Tensor:
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def demo_logits(w: int, h: int) -> torch.Tensor:
-    store = ModelStore(ROOT / "models" / "store")
-    model = load_model(store, store.resolve("shapes"), torch.device("cpu"))
+def demo_logits(model: LoadedModel, w: int, h: int) -> torch.Tensor:
     pipe = Pipeline(model)
     with torch.no_grad():
         x = pipe.preprocess([decode_rgb(photo(w, h))])
@@ -108,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         "| logits | upload | before ms | now ms | ratio | pixels off before | pixels off now |",
         "|---|---|---|---|---|---|---|",
     ]
-    results = []
+    results, model = [], shipped_model("shapes")
     for size in args.sizes.split(","):
         w, h = map(int, size.split("x"))
-        for name, logits in (("demo model, 4 classes", demo_logits(w, h)), ("synthetic, 21 classes", synthetic())):
+        cases = (("demo model, 4 classes", demo_logits(model, w, h)), ("synthetic, 21 classes", synthetic()))
+        for name, logits in cases:
             got = measure(logits, h, w, args.rounds)
             b, n = got["before"], got["now"]
             note = " (nearest)" if got["nearest_fallback_before"] else ""

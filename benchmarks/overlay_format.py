@@ -31,7 +31,7 @@ from benchmarks.run import ROOT, machine, save_result
 from shared.model_store import ModelStore
 from shared.schemas import Method
 from worker import render
-from worker.loader import load_model
+from worker.loader import LoadedModel, load_model
 from worker.pipeline import Item, Pipeline
 
 VARIANTS = {
@@ -55,6 +55,13 @@ def photo(w: int, h: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     out.save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def shipped_model(name: str = "shapes") -> LoadedModel:
+    """A model of the store this repository ships (``models/store``), on the CPU: what the photo
+    benchmarks (this one, ``png_encode``, ``label_map``) run."""
+    store = ModelStore(ROOT / "models" / "store")
+    return load_model(store, store.resolve(name), torch.device("cpu"))
 
 
 def measure(pipes: dict[str, Pipeline], upload: bytes, rounds: int) -> dict[str, dict]:
@@ -121,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-save", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    store = ModelStore(ROOT / "models" / "store")
-    model = load_model(store, store.resolve(args.model), torch.device("cpu"))
+    model = shipped_model(args.model)
     pipes = {k: Pipeline(model, 1, v) for k, v in VARIANTS.items()}
     rows = [
         "| upload | overlay | job ms p50 | encode ms p50 | overlay KB | all artifacts KB |",

@@ -26,12 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.overlay_format import photo
-from benchmarks.run import ROOT, machine, save_result
-from shared.model_store import ModelStore
+from benchmarks.overlay_format import photo, shipped_model
+from benchmarks.run import machine, save_result
 from shared.schemas import Method
 from worker import render
-from worker.loader import load_model
 from worker.pipeline import Item, Pipeline
 
 
@@ -154,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-save", action="store_true", help="print the tables only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    store = ModelStore(ROOT / "models" / "store")
-    pipe = Pipeline(load_model(store, store.resolve(args.model), torch.device("cpu")), 1, render.Overlay("auto"))
+    pipe = Pipeline(shipped_model(args.model), 1, render.Overlay("auto"))
     arts = ["| image | artifact | Pillow ms | segcam ms | ratio | Pillow KB | segcam KB |", "|---" * 7 + "|"]
     jobs = ["| upload | Pillow job ms | segcam job ms | ratio | Pillow encode ms | segcam encode ms |"]
     jobs.append("|---" * 6 + "|")

@@ -68,10 +68,10 @@ def _far(n: int, device: torch.device | None = None) -> torch.Tensor:
 def reduce_logits(logits: torch.Tensor, H: int, W: int) -> Reduced | LabelMap:
     """What the map at H x W needs of ``logits``, on their device, copied to the host. An upload
     no larger than the logits gets its map at once: upsampling C x H x W costs no more there."""
-    L = logits[0].float()
-    h, w = L.shape[1:]
+    h, w = logits.shape[2:]
     if h * w >= H * W:
         return _upsampled(logits, H, W)
+    L = logits[0].float()
     top, pred = _max_and_argmax(L)
     conf = (L - top).exp_().sum(0).reciprocal_()  # the top softmax probability, without a full softmax
     i1, j1 = _far(h, L.device), _far(w, L.device)

@@ -2,14 +2,19 @@
 
     python -m benchmarks.photo_ab 5a7a159 HEAD [--sizes 1280x960,1920x1440,4032x3024] [--rounds 4]
     python -m benchmarks.photo_ab 5a7a159 HEAD --model realistic --sizes 384x288,1920x1440
+    python -m benchmarks.photo_ab 5a7a159 HEAD --batch 8 --sizes 384x288   # jobs run as batches of 8
 
 ``make bench`` sends PNGs at the model's input size; users send photos, and every artifact is
 made at the upload's size. Each commit is checked out in a temporary git worktree and runs, in
 a process of its own, ``Pipeline.run`` on the same photo-like uploads (a JPEG and a PNG of each
 size; the demo model or ``make bench``'s realistic one, one torch thread, the worker's default
-settings), a few jobs per upload; rounds
-alternate between the commits, every other round in reverse order. Prints job ms p50 per upload
-and commit, and writes ``benchmarks/results/photo_ab-<utc-time>.json``.
+settings), a few jobs per upload, each job ``--batch`` copies of the upload run as one batch;
+rounds alternate between the commits, every other round in reverse order. Prints ms per image
+p50 per upload and commit, and writes ``benchmarks/results/photo_ab-<utc-time>.json``.
+
+This is the way to compare the pipeline of two commits: a commit's modules run only beside
+each other, so each side runs from its own checkout (``benchmarks.postprocess`` compares
+thread counts and batch sizes within one commit).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from shared.schemas import Method
 from worker import render
 from worker.loader import load_model
 from worker.pipeline import Item, Pipeline
-sizes, jobs, which = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
+sizes, jobs, which, batch = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 if which == "realistic":  # built as make bench builds it: locally initialised weights
     import pathlib, tempfile
     from benchmarks.run import build_store
@@ -54,12 +59,13 @@ for size in sizes:
     jpeg = photo(w, h)
     buf = io.BytesIO(); Image.open(io.BytesIO(jpeg)).save(buf, "PNG")
     for kind, data in (("JPEG", jpeg), ("PNG", buf.getvalue())):
-        pipe.run([Item("w", data)], Method.gradcam)
+        items = [Item(f"j{i}", data) for i in range(batch)]
+        assert len(pipe.run(items, Method.gradcam)) == batch  # untimed: first-call costs
         times = []
         for _ in range(jobs):
             t0 = time.perf_counter()
-            pipe.run([Item("j", data)], Method.gradcam)
-            times.append((time.perf_counter() - t0) * 1000)
+            pipe.run(items, Method.gradcam)
+            times.append((time.perf_counter() - t0) * 1000 / batch)
         out[f"{size} {kind}"] = times
 print(json.dumps(out))
 """
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=3, help="timed jobs per upload, commit and round")
     ap.add_argument("--model", choices=["demo", "realistic"], default="demo")
+    ap.add_argument("--batch", type=int, default=1, help="images per job, run as one batch; times are per image")
     args = ap.parse_args(argv)
     samples: dict[str, dict[str, list[float]]] = {rev: {} for rev in args.revisions}
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 for rev in args.revisions[:: 1 if r % 2 == 0 else -1]:
                     env = {**os.environ, "PYTHONPATH": str(trees[rev])}
-                    cmd = [sys.executable, "-c", CHILD, args.sizes, str(args.jobs), args.model]
+                    cmd = [sys.executable, "-c", CHILD, args.sizes, str(args.jobs), args.model, str(args.batch)]
                     got = json.loads(subprocess.run(cmd, cwd=trees[rev], check=True, capture_output=True, text=True,
                                                     env=env).stdout)  # fmt: skip
                     for k, v in got.items():
@@ -92,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=run.ROOT)
     a, b = args.revisions
-    rows = [f"| upload | {a} job ms p50 | {b} job ms p50 | ratio |", "|---|---|---|---|"]
+    unit = "job ms" if args.batch == 1 else f"ms per image, batch {args.batch},"
+    rows = [f"| upload | {a} {unit} p50 | {b} {unit} p50 | ratio |", "|---|---|---|---|"]
     table = {}
     for k in samples[a]:
         pa, pb = statistics.median(samples[a][k]), statistics.median(samples[b][k])

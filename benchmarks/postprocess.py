@@ -2,7 +2,6 @@
 and batch size, side by side.
 
     python -m benchmarks.postprocess                       # threads 1, 2, 4; batches 1, 4, 8
-    python -m benchmarks.postprocess --against 1a2b3c4     # also that commit's pipeline, 1 thread
 
 On a GPU the forward and the CAM of a batch of 8 take milliseconds while the work before and
 after them is CPU work, which ran image after image: this measures how much of it the
@@ -10,37 +9,23 @@ worker's thread pool (``SEGCAM_POSTPROCESS_THREADS``) takes back. The forward an
 once per model and batch; only the stages around them are timed, in alternating rounds so
 that the machine's drift hits every variant. Every variant's results are checked (tensors
 equal, artifacts byte for byte) against one thread's. Prints a table and writes
-``benchmarks/results/postprocess-<utc-time>.json``.
+``benchmarks/results/postprocess-<utc-time>.json``. To compare two commits' pipelines, use
+``python -m benchmarks.photo_ab A B --batch N``: each runs from its own checkout (this script
+once imported an old ``worker/pipeline.py`` beside today's modules, which broke as soon as
+the modules it calls changed).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
-from pathlib import Path
 
 from benchmarks import run
 from shared.imaging import decode_rgb
 from shared.schemas import Method
-
-
-def pipeline_at(rev: str):
-    """``worker/pipeline.py`` as it was at ``rev``, imported beside today's."""
-    code = subprocess.run(["git", "show", f"{rev}:worker/pipeline.py"], cwd=run.ROOT, check=True,
-                          capture_output=True, text=True).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "pipeline_then.py"
-    path.write_text(code)
-    spec = importlib.util.spec_from_file_location("pipeline_then", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipeline_then"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def encode(pipe, images, out) -> list:
@@ -48,21 +33,8 @@ def encode(pipe, images, out) -> list:
         images, out.logits, out.cams, out.targets, Method.gradcam)]  # fmt: skip
 
 
-def encode_before(pipe, images, out) -> list:
-    """The pipeline before the thread pool: one image at a time."""
-    return [
-        (r.artifacts, r.classes, r.explanation)
-        for r in (pipe._postprocess(im, out.logits[i : i + 1], out.cams[i], out.targets[i], Method.gradcam)
-                  for i, im in enumerate(images))
-    ]  # fmt: skip
-
-
 def preprocess(pipe, data: list[bytes]):
     return pipe.preprocess(pipe._map(decode_rgb, data)).cpu()
-
-
-def preprocess_before(pipe, data: list[bytes]):
-    return pipe.preprocess([decode_rgb(d) for d in data]).cpu()
 
 
 def same(a, b) -> bool:
@@ -91,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--device", default="auto", help="where the model runs: auto (the first GPU if any), cpu, cuda:N")
-    ap.add_argument("--against", help="a commit whose pipeline runs too (one thread), e.g. before a change")
     args = ap.parse_args(argv)
     import torch
 
@@ -102,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # the forward's threads are not what is measured
     device = run.bench_device(args.device)
-    then = pipeline_at(args.against) if args.against else None
     bench = run.Bench(argparse.Namespace(threads=1, seconds=0))
     rows = []
     print(f"Device {device}; ms per image, median of {args.rounds} alternating rounds.\n")
@@ -124,13 +94,6 @@ def main(argv: list[str] | None = None) -> int:
                     "decode + preprocess": {name: partial(preprocess, p, data) for name, p in pipes.items()},
                     "encode": {name: partial(encode, p, images, out) for name, p in pipes.items()},
                 }
-                if then is not None:
-                    stages["decode + preprocess"][f"{args.against}, 1 thread"] = partial(
-                        preprocess_before, then.Pipeline(loaded), data
-                    )
-                    stages["encode"][f"{args.against}, 1 thread"] = partial(
-                        encode_before, then.Pipeline(loaded), images, out
-                    )
                 for stage, variants in stages.items():
                     reference = None
                     for name, fn in variants.items():

@@ -8,6 +8,7 @@
     python -m benchmarks.overhead_ab fc2244c HEAD --refusals    # refusals/s and their latency (a full queue)
     python -m benchmarks.overhead_ab fc2244c HEAD --overload 4  # refusal latency with a worker at 4x capacity
     python -m benchmarks.overhead_ab 5e47c7e HEAD --model realistic --clients 4 --post-wait  # saturated
+    python -m benchmarks.overhead_ab HEAD~1 HEAD --hide-in-a hiredis --raw  # an optional package off in A
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
 (this checkout's virtualenv), against the same Redis, images and client, one client waiting
@@ -16,11 +17,17 @@ with a long-poll ``GET ?wait`` after each 202 (every version of the API has that
 alternate between the commits, every other round in reverse order, so that the machine's
 drift hits both and neither always runs second. Prints a table and writes
 ``benchmarks/results/overhead_ab-<utc-time>.json``.
+
+Both commits run in this checkout's virtualenv, so a package that is installed is there for
+both; ``--hide-in-a MODULE`` makes its import fail in the first commit's processes, which is how
+a package that is used whenever it is installed (hiredis for redis-py) is compared with its
+absence.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -38,6 +45,16 @@ def worktree(rev: str, parent: Path) -> Path:
     return path
 
 
+def hiding(modules: list[str], parent: Path) -> dict[str, str]:
+    """The environment in which importing any of ``modules`` raises ImportError: a directory of
+    stubs first on ``PYTHONPATH``, ahead of site-packages."""
+    stubs = parent / "hidden"
+    stubs.mkdir(exist_ok=True)
+    for m in modules:
+        (stubs / f"{m}.py").write_text(f"raise ImportError('{m} hidden by benchmarks.overhead_ab --hide-in-a')\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(stubs), os.environ.get("PYTHONPATH")]))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.overhead_ab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -52,16 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overload", type=float, metavar="FACTOR",
                     help="open-loop arrivals at FACTOR x the in-process limit (queue bound 8): refusals")  # fmt: skip
     ap.add_argument("--clients", type=int, default=1, help="closed-loop clients; more than 1 saturates the worker")
+    ap.add_argument("--hide-in-a", metavar="MODULE[,MODULE]",
+                    help="these imports fail in the first commit's processes (an installed package off)")  # fmt: skip
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
     trees = {rev: worktree(rev, tmp) for rev in args.revisions}
+    envs = {args.revisions[0]: hiding(args.hide_in_a.split(","), tmp)} if args.hide_in_a else {}
     model, _ = run.MODELS[args.model]
     # with a full queue every answer but the first is a 429: all requests count
     rate, label = ("rps", "refusals") if args.refusals else ("accepted_per_s", "accepted")
     rows: dict[str, list[dict]] = {rev: [] for rev in args.revisions}
     if args.overload:
-        return overload(args, bench, trees, rows)
+        return overload(args, bench, trees, rows, envs)
 
     def measure(rev: str, n: int) -> dict:
         if args.gateway or args.refusals:
@@ -79,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{res['throughput_per_s']:.2f} images/s", flush=True)  # fmt: skip
         return res
 
-    alternate(args.rounds, bench, trees, rows, measure)
+    alternate(args.rounds, bench, trees, rows, measure, envs)
     if args.gateway or args.refusals:
         print(f"\n| commit | rounds | {label}/s (median of rounds) | p50 ms | p99 ms |\n|---|---|---|---|---|")
         summary = {rev: {k: statistics.median(r[k] for r in rs) for k in (rate, "p50_ms", "p99_ms")}
@@ -116,26 +136,34 @@ def overhead_table(rows: dict[str, list[dict]], what: str) -> dict[str, dict]:
 
 
 def alternate(rounds: int, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]],
-              measure: Callable[[str, int], dict]) -> None:  # fmt: skip
+              measure: Callable[[str, int], dict], envs: dict[str, dict[str, str]] | None = None) -> None:  # fmt: skip
     """``measure(rev, round)`` for each commit in turn, each from its worktree, round after round,
     every other round in reverse order (A B, B A, ...), so that an order effect hits both. With
     a fixed order the first run of a pair was the faster saturated in 6 of 7 pairs, whichever
     commit it was (the same two commits in both orders, ``overhead_ab-20261201T145155Z.json`` and
-    ``-145528Z.json``); in a later run the second was, in 4 of 4 (``-151451Z.json``). Then the
-    worktrees go, whatever happened."""
+    ``-145528Z.json``); in a later run the second was, in 4 of 4 (``-151451Z.json``). A commit's
+    ``envs`` entry is in the environment while it is measured (its processes inherit it). Then
+    the worktrees go, whatever happened."""
+    saved = dict(os.environ)
     try:
         for i in range(rounds):
             order = list(trees.items())
             for rev, tree in reversed(order) if i % 2 else order:
                 run.ROOT = tree  # processes start from the worktree
-                rows[rev].append(measure(rev, i + 1))
+                os.environ.update((envs or {}).get(rev, {}))
+                try:
+                    rows[rev].append(measure(rev, i + 1))
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
     finally:
         bench.close()
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1])
 
 
-def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]]) -> int:
+def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path], rows: dict[str, list[dict]],
+             envs: dict[str, dict[str, str]]) -> int:  # fmt: skip
     """Both commits' stacks (API and one worker, queue bound 8) under the same open-loop rate,
     ``--overload`` x the in-process limit measured once first: the latency of the refusals,
     and whether every accepted job completed."""
@@ -153,7 +181,7 @@ def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path],
               f"p99 {res['refusal_ms']['p99']:.1f} ms, lost {res['accepted_lost']}", flush=True)  # fmt: skip
         return {**res, "rate_per_s": rate}
 
-    alternate(args.rounds, bench, trees, rows, measure)
+    alternate(args.rounds, bench, trees, rows, measure, envs)
     print(f"\n{args.model} model at {rate:.1f}/s\n")
     print("| commit | rounds | refusal p50 ms (median of rounds) | refusal p99 ms | completed | lost |")
     print("|---|---|---|---|---|---|")

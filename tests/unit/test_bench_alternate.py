@@ -1,6 +1,10 @@
 """A side-by-side comparison runs its commits in A B, B A, ... order: a fixed order favoured
 whichever commit ran first in each pair (``benchmarks/overhead_ab.py``)."""
 
+import os
+import subprocess
+import sys
+
 from benchmarks import overhead_ab, run
 
 
@@ -28,3 +32,25 @@ def test_rounds_reverse_the_order_every_other_time_and_each_runs_from_its_tree(t
     assert all(root == trees[rev] for _, rev, root in seen)
     assert rows == {"A": [{"round": n} for n in (1, 2, 3, 4)], "B": [{"round": n} for n in (1, 2, 3, 4)]}
     assert bench.closed
+
+
+def test_a_commits_environment_is_set_only_while_it_is_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "ROOT", run.ROOT)
+    monkeypatch.delenv("SEGCAM_AB_PROBE", raising=False)
+    trees = {"A": tmp_path / "a", "B": tmp_path / "b"}
+    seen = []
+    overhead_ab.alternate(2, _Bench(), trees, {"A": [], "B": []},
+                          lambda rev, n: seen.append((rev, os.environ.get("SEGCAM_AB_PROBE"))) or {},
+                          {"A": {"SEGCAM_AB_PROBE": "on"}})  # fmt: skip
+    assert seen == [("A", "on"), ("B", None), ("B", None), ("A", "on")]
+    assert "SEGCAM_AB_PROBE" not in os.environ
+
+
+def test_hidden_modules_fail_to_import_in_the_hidden_environment_only(tmp_path):
+    env = {**os.environ, **overhead_ab.hiding(["PIL", "hiredis"], tmp_path)}
+    code = "import redis.utils\ntry:\n import PIL\nexcept ImportError:\n PIL = None\n" \
+           "print(PIL is None, redis.utils.HIREDIS_AVAILABLE)"  # fmt: skip
+    hidden = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert hidden.stdout.split() == ["True", "False"]  # redis-py falls back to its Python parser
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.split()[0] == "False"  # Pillow is installed with the project

@@ -84,6 +84,17 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
+def memory_plan(jobs: int) -> tuple[int, int]:
+    """How often the memory section samples (jobs, a multiple of its rounds of 8) and after how
+    many jobs its baseline is taken: every 200 and after 200 (warm-up: allocator caches, lazy
+    imports) in a full run; proportionally fewer in a short rehearsal, which used to find no
+    sample at 200 jobs and stop."""
+    if jobs >= 400:
+        return 200, 200
+    step = max(8, jobs // 4 // 8 * 8)
+    return step, min(step, jobs // 2 // 8 * 8 or 8)
+
+
 class Procs:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = {**os.environ, **env}
@@ -676,6 +687,7 @@ class Bench:
 
     def run_memory(self) -> None:
         n = self.args.memory_jobs
+        step, warm = memory_plan(n)
         self.log(f"worker memory over {n} jobs")
         procs, url = self.segcam(models="shapes")
         try:
@@ -691,20 +703,20 @@ class Bench:
                         while c.get(f"/v1/jobs/{jid}", params={"wait": 30}).json()["status"] in ("queued", "running"):
                             pass
                     done += 8
-                    if done % 200 == 0:
+                    if done % step == 0:
                         child = children(main)
                         samples.append((done, rss_mb(child[0]) if child else float("nan")))
                         if self.device.startswith("cuda") and child:
                             gpu.append((done, gpu_memory_mb(child[0])))
         finally:
             self.cleanup(procs)
-        base = next(rss for jobs, rss in samples if jobs >= 200)
+        base = next(rss for jobs, rss in samples if jobs >= warm)
         self.out["sections"]["memory"] = {
             "jobs": done, "samples_mb": samples, "start_mb": base, "end_mb": samples[-1][1],
             "drift_pct": 100 * (samples[-1][1] - base) / base,
         }  # fmt: skip
         if gpu:
-            held = [mb for jobs, mb in gpu if jobs >= 200 and mb is not None]
+            held = [mb for jobs, mb in gpu if jobs >= warm and mb is not None]
             self.out["sections"]["memory"]["gpu"] = {
                 "samples_mb": gpu, "start_mb": held[0] if held else None, "end_mb": held[-1] if held else None,
                 "drift_pct": 100 * (held[-1] - held[0]) / held[0] if held else None,
@@ -898,11 +910,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
                     help="the finishing lane (SEGCAM_OVERLAP) everywhere; auto: as each worker decides")  # fmt: skip
     ap.add_argument("--overload-factor", type=float, default=4.0)
-    ap.add_argument("--memory-jobs", type=int, default=2000)
+    ap.add_argument("--memory-jobs", type=int, default=2000, help="at least 16")
     ap.add_argument(
         "--only", help="comma-separated sections: compare,overload,gateway,memory,batching,overlap,precision"
     )
     args = ap.parse_args(argv)
+    if args.memory_jobs < 16:
+        ap.error("--memory-jobs must be at least 16 (two rounds of 8 jobs)")
     if args.quick:
         args.seconds, args.memory_jobs = 5.0, 400
     only = (

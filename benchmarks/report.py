@@ -212,7 +212,8 @@ def markdown(run: dict) -> str:
         out += [
             "## Worker memory",
             "",
-            f"{mem['jobs']} consecutive jobs (demo model): pool child RSS {_f(mem['start_mb'])} MB after 200 jobs, "
+            f"{mem['jobs']} consecutive jobs (demo model): pool child RSS {_f(mem['start_mb'])} MB after "
+            f"{mem.get('start_after', 200)} jobs, "
             f"{_f(mem['end_mb'])} MB at the end: drift **{_f(mem['drift_pct'], 2)} %**. "
             f"Samples (jobs, MB): {', '.join(f'{j}: {_f(r)}' for j, r in mem['samples_mb'])}.",
             "",
@@ -223,7 +224,8 @@ def markdown(run: dict) -> str:
             drift = gpu["drift_pct"]
             out += [
                 f"GPU memory of the pool child (driver's view, allocator reserve included): {_f(gpu['start_mb'], 0)} "
-                f"MB after 200 jobs, {_f(gpu['end_mb'], 0)} MB at the end: drift **{_f(drift, 2)} %**. Samples (jobs, "
+                f"MB after {mem.get('start_after', 200)} jobs, {_f(gpu['end_mb'], 0)} MB at the end: "
+                f"drift **{_f(drift, 2)} %**. Samples (jobs, "
                 f"MB): {', '.join(f'{j}: {_f(r, 0)}' for j, r in gpu['samples_mb'])}.",
                 "",
             ]

@@ -710,9 +710,10 @@ class Bench:
                             gpu.append((done, gpu_memory_mb(child[0])))
         finally:
             self.cleanup(procs)
-        base = next(rss for jobs, rss in samples if jobs >= warm)
+        start_after, base = next((jobs, rss) for jobs, rss in samples if jobs >= warm)
         self.out["sections"]["memory"] = {
-            "jobs": done, "samples_mb": samples, "start_mb": base, "end_mb": samples[-1][1],
+            "jobs": done, "samples_mb": samples, "start_after": start_after, "start_mb": base,
+            "end_mb": samples[-1][1],
             "drift_pct": 100 * (samples[-1][1] - base) / base,
         }  # fmt: skip
         if gpu:

@@ -3,7 +3,8 @@
 # already holds torch and torchvision (run benchmarks/gpu/kit.sh first where pip works, and
 # bring .gpu/ along). Estimated at 8 minutes on one H100 (not yet measured: each benchmark
 # configuration costs ~20 s of process start and warm-up beside its timed seconds; rehearsed on the CPU with
-# DEVICE=cpu SECONDS_PER_RUN=3 MEMORY_JOBS=200 in 7.5 minutes). Results go to $OUT (default /tmp/segcam-gpu).
+# DEVICE=cpu SECONDS_PER_RUN=3 MEMORY_JOBS=200 in 7.5 minutes, and with
+# SECONDS_PER_RUN=2 MEMORY_JOBS=100 in 5 minutes 11 s at stop 41). Results go to $OUT (default /tmp/segcam-gpu).
 # DEVICE=cpu rehearses the same steps where there is no GPU (no CUDA check then).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda:0}

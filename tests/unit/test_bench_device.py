@@ -145,3 +145,12 @@ def test_a_run_records_the_commit_it_measured(tmp_path):
     )
     assert run.code_version(tmp_path / "nowhere") == {"commit": None, "local_changes": None}
     assert "Code: unknown (not a git checkout)." in markdown({"code": {"commit": None}, "sections": {}})
+
+
+def test_the_memory_line_names_the_jobs_its_baseline_was_taken_after():
+    short = {"jobs": 104, "samples_mb": [(24, 650.0), (48, 651.0), (96, 652.0)], "start_after": 24,
+             "start_mb": 650.0, "end_mb": 652.0, "drift_pct": 0.31}  # fmt: skip
+    md = markdown({"machine": {"device": "cpu"}, "sections": {"memory": short}})
+    assert "650.0 MB after 24 jobs" in md
+    md = markdown({"machine": {"device": "cpu"}, "sections": {"memory": memory(None)}})  # runs before the key
+    assert "700.0 MB after 200 jobs" in md

@@ -91,8 +91,8 @@ def memory_plan(jobs: int) -> tuple[int, int]:
     sample at 200 jobs and stop."""
     if jobs >= 400:
         return 200, 200
-    step = max(8, jobs // 4 // 8 * 8)
-    return step, min(step, jobs // 2 // 8 * 8 or 8)
+    step = max(8, jobs // 4 // 8 * 8)  # four samples or so, the first the baseline
+    return step, step
 
 
 class Procs:

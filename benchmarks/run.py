@@ -84,15 +84,12 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
-def memory_plan(jobs: int) -> tuple[int, int]:
-    """How often the memory section samples (jobs, a multiple of its rounds of 8) and after how
-    many jobs its baseline is taken: every 200 and after 200 (warm-up: allocator caches, lazy
-    imports) in a full run; proportionally fewer in a short rehearsal, which used to find no
+def memory_step(jobs: int) -> int:
+    """How often the memory section samples (jobs, a multiple of its rounds of 8). Its first
+    sample is the baseline, after the warm-up (allocator caches, lazy imports): every 200 jobs
+    from 200 in a full run; proportionally fewer in a short rehearsal, which used to find no
     sample at 200 jobs and stop."""
-    if jobs >= 400:
-        return 200, 200
-    step = max(8, jobs // 4 // 8 * 8)  # four samples or so, the first the baseline
-    return step, step
+    return 200 if jobs >= 400 else max(8, jobs // 4 // 8 * 8)  # four samples or so
 
 
 class Procs:
@@ -687,7 +684,7 @@ class Bench:
 
     def run_memory(self) -> None:
         n = self.args.memory_jobs
-        step, warm = memory_plan(n)
+        step = memory_step(n)
         self.log(f"worker memory over {n} jobs")
         procs, url = self.segcam(models="shapes")
         try:
@@ -710,14 +707,14 @@ class Bench:
                             gpu.append((done, gpu_memory_mb(child[0])))
         finally:
             self.cleanup(procs)
-        start_after, base = next((jobs, rss) for jobs, rss in samples if jobs >= warm)
+        start_after, base = samples[0]  # the first sample, after the warm-up
         self.out["sections"]["memory"] = {
             "jobs": done, "samples_mb": samples, "start_after": start_after, "start_mb": base,
             "end_mb": samples[-1][1],
             "drift_pct": 100 * (samples[-1][1] - base) / base,
         }  # fmt: skip
         if gpu:
-            held = [mb for jobs, mb in gpu if jobs >= warm and mb is not None]
+            held = [mb for _, mb in gpu if mb is not None]
             self.out["sections"]["memory"]["gpu"] = {
                 "samples_mb": gpu, "start_mb": held[0] if held else None, "end_mb": held[-1] if held else None,
                 "drift_pct": 100 * (held[-1] - held[0]) / held[0] if held else None,

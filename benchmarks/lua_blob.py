@@ -2,6 +2,8 @@
 
     python -m benchmarks.lua_blob [--redis redis://127.0.0.1:6379/12] [--kb 64]
 
+Prints two tables and writes ``benchmarks/results/lua_blob-<utc-time>.json``.
+
 Why segcam's create and claim scripts never take or return an upload: prints round-trip
 p50s from Python and Redis's own execution times (SLOWLOG) for the same payload. Then why no
 upload travels on pub/sub either: the time from PUBLISH to the subscriber holding the message,
@@ -87,7 +89,8 @@ def raw_receiver(host: str, port: int, db: int, channel: str) -> tuple[Callable[
     return receive, sock.close
 
 
-def pubsub_table(r: redis.Redis, blob: bytes, kb: int) -> None:
+def pubsub_table(r: redis.Redis, blob: bytes, kb: int) -> dict[str, dict[str, float]]:
+    """Prints the table; returns its figures (receiver -> p50 microseconds, the blob and 10 bytes)."""
     kw = r.connection_pool.connection_kwargs
     channel = "segcam-lua-blob-bench"
     receivers = {
@@ -96,6 +99,7 @@ def pubsub_table(r: redis.Redis, blob: bytes, kb: int) -> None:
         "raw socket": lambda: raw_receiver(kw.get("host", "127.0.0.1"), kw.get("port", 6379), kw.get("db", 0), channel),
     }
     print(f"\n| PUBLISH -> subscriber holds it, 1 ms apart | {kb} KB p50 us | 10 B p50 us |\n|---|---|---|")
+    figures = {}
     for name, make in receivers.items():
         receive, close = make()
         try:
@@ -103,12 +107,15 @@ def pubsub_table(r: redis.Redis, blob: bytes, kb: int) -> None:
         finally:
             close()
         print(f"| {name} | {big:.0f} | {small:.0f} |")
+        figures[name] = {"blob_p50_us": round(big, 1), "small_p50_us": round(small, 1)}
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.lua_blob", description=__doc__)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     ap.add_argument("--kb", type=int, default=64)
+    ap.add_argument("--no-save", action="store_true", help="print the tables only")
     args = ap.parse_args(argv)
     r = redis.Redis.from_url(args.redis)
     blob, key = os.urandom(args.kb * 1024), "segcam-lua-blob-bench"
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     slow_before = r.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
     print(f"| {args.kb} KB blob | round trip p50 us | Redis execution p50 us |\n|---|---|---|")
+    scripts = {}
     try:
         for name, (fn, command) in cases.items():
             rt = p50_us(fn)
@@ -134,11 +142,17 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
             r.config_set("slowlog-log-slower-than", slow_before)
             top = [e["duration"] for e in r.slowlog_get(1000) if e["command"].split(b" ", 1)[0] == command]
-            print(f"| {name} | {rt:.0f} | {statistics.median(top):.0f} |")
+            scripts[name] = {"round_trip_p50_us": round(rt, 1), "redis_p50_us": round(statistics.median(top), 1)}
+            print(f"| {name} | {rt:.0f} | {scripts[name]['redis_p50_us']:.0f} |")
     finally:
         r.config_set("slowlog-log-slower-than", slow_before)
         r.delete(key)
-    pubsub_table(r, blob, args.kb)
+    pubsub = pubsub_table(r, blob, args.kb)
+    if not args.no_save:
+        from benchmarks import run
+
+        doc = {"args": vars(args), "machine": run.machine(), "scripts": scripts, "pubsub": pubsub}
+        run.save_result("lua_blob", doc)
     return 0
 
 

@@ -2,6 +2,8 @@
 
     python -m benchmarks.pinning_ab            # 2 alternating rounds, ~4 minutes
 
+Prints a table and writes ``benchmarks/results/pinning_ab-<utc-time>.json``.
+
 Pinned: the worker (parent, pool child, every thread) on core 1; the API, Redis and the
 clients on core 0. Unpinned: the scheduler's choice. Each round measures the in-process limit
 right before its segcam run. Written to answer whether pinning closes the efficiency gap on a
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = run.MODELS["realistic"]
     imgs = bench.imgs["realistic"]
     everywhere = set(range(os.cpu_count() or 2))
+    rows = []
     print("| round | pinned | limit images/s | segcam images/s | efficiency | compute p50 ms |")
     print("|---|---|---|---|---|---|")
     try:
@@ -70,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
                     for p in [*redis_pids(), os.getpid()]:
                         pin(p, everywhere)
                 eff = res["throughput_per_s"] / lim["images_per_s"]
+                rows.append({"round": i + 1, "pinned": pinned, "limit_images_per_s": lim["images_per_s"],
+                             "segcam_images_per_s": res["throughput_per_s"], "efficiency": eff,
+                             "compute_ms_p50": res["compute_ms_p50"]})  # fmt: skip
                 cells = [i + 1, "yes" if pinned else "no", f"{lim['images_per_s']:.2f}",
                          f"{res['throughput_per_s']:.2f}", f"{eff:.3f}", f"{res['compute_ms_p50']:.1f}"]  # fmt: skip
                 print("| " + " | ".join(map(str, cells)) + " |", flush=True)
     finally:
         bench.close()
+    run.save_result("pinning_ab", {"args": vars(args), "machine": run.machine(), "code": run.code_version(),
+                                   "rounds": rows})  # fmt: skip
     return 0
 
 

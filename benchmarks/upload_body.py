@@ -2,6 +2,8 @@
 
     python -m benchmarks.upload_body [--kb 54]
 
+Prints a table and writes ``benchmarks/results/upload_body-<utc-time>.json``.
+
 Why segcam takes uploads as a multipart form only: a raw-body upload (the image as the whole
 request body, options in the query) would save the httpx client's encoding and the form
 parsing, and this prints what those cost, in microseconds, in a hot loop: the form read by
@@ -49,6 +51,8 @@ def parse(loop: asyncio.AbstractEventLoop, body: bytes, content_type: str, how: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.upload_body", description=__doc__)
     ap.add_argument("--kb", type=int, default=54)
+    ap.add_argument("--rounds", type=int, default=2000, help="timed calls per figure")
+    ap.add_argument("--no-save", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
     img = os.urandom(args.kb * 1000)
     loop = asyncio.new_event_loop()
@@ -68,11 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         as_raw = (raw_req.content, "image/png", "raw")
         delivered = {parse(loop, *form, "starlette"), parse(loop, *form, "segcam"), parse(loop, *as_raw)}
         assert delivered == {img}, "every way must deliver the same image"
-        raw_us = p50_us(lambda: parse(loop, *as_raw))
+        raw_us = p50_us(lambda: parse(loop, *as_raw), args.rounds)
         rows = {
-            "client: httpx builds and encodes the request": (p50_us(lambda: build(True)), p50_us(lambda: build(False))),
-            "API: Starlette's form parser reads the image": (p50_us(lambda: parse(loop, *form, "starlette")), raw_us),
-            "API: segcam's form reader (api/multipart.py)": (p50_us(lambda: parse(loop, *form, "segcam")), raw_us),
+            "client: httpx builds and encodes the request": (
+                p50_us(lambda: build(True), args.rounds),
+                p50_us(lambda: build(False), args.rounds),
+            ),
+            "API: Starlette's form parser reads the image": (
+                p50_us(lambda: parse(loop, *form, "starlette"), args.rounds),
+                raw_us,
+            ),
+            "API: segcam's form reader (api/multipart.py)": (
+                p50_us(lambda: parse(loop, *form, "segcam"), args.rounds),
+                raw_us,
+            ),
         }
     loop.close()
     print(f"| {args.kb} KB image | multipart form p50 us | raw body p50 us | difference us |\n|---|---|---|---|")
@@ -80,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {form_us:.0f} | {raw_us:.0f} | {form_us - raw_us:.0f} |")
     client, _, segcam = (f - r for f, r in rows.values())
     print(f"| both, with segcam's form reader | | | {client + segcam:.0f} |")
+    if not args.no_save:
+        from benchmarks import run
+
+        figures = {name: {"multipart_p50_us": round(f, 1), "raw_p50_us": round(r, 1)} for name, (f, r) in rows.items()}
+        run.save_result("upload_body", {"args": vars(args), "machine": run.machine(), "rows": figures})
     return 0
 
 

@@ -2,6 +2,8 @@
 
     python -m benchmarks.wake [--redis redis://127.0.0.1:6379/12] [--rounds 100] [--idle-ms 50]
 
+Prints both figures and writes ``benchmarks/results/wake-<utc-time>.json``.
+
 Why: a job at low load crosses about ten process boundaries (client, API, Redis, worker and
 back; ``make trace`` names them), and on a VM each one that starts from idle pays the host's
 wake-up (a halted vCPU, a core in a deep sleep state, cold caches). No code here removes that,
@@ -124,9 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--idle-ms", type=float, default=50.0)
+    ap.add_argument("--no-save", action="store_true", help="print the figures only")
     args = ap.parse_args(argv)
-    print(describe(redis_round_trips(args.redis, args.rounds, args.idle_ms)))
-    print(describe_code(code_after_idle(rounds=args.rounds, idle_ms=args.idle_ms)))
+    loopback = redis_round_trips(args.redis, args.rounds, args.idle_ms)
+    print(describe(loopback))
+    code = code_after_idle(rounds=args.rounds, idle_ms=args.idle_ms)
+    print(describe_code(code))
+    if not args.no_save:
+        from benchmarks import run  # not at the top: run imports this module
+
+        run.save_result("wake", {"args": vars(args), "machine": run.machine(), "loopback": loopback, "hop_code": code})
     return 0
 
 

@@ -25,3 +25,23 @@ def test_the_upload_benchmark_times_both_ways_reading_the_same_image():
         assert parse(loop, img, "image/png", "raw") == img
     finally:
         loop.close()
+
+
+def test_the_command_keeps_its_table_as_json(tmp_path, monkeypatch, capsys):
+    import json
+
+    from benchmarks import run, upload_body
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    assert upload_body.main(["--kb", "2", "--rounds", "5"]) == 0
+    (saved,) = tmp_path.glob("upload_body-*.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert set(rows) == {
+        "client: httpx builds and encodes the request",
+        "API: Starlette's form parser reads the image",
+        "API: segcam's form reader (api/multipart.py)",
+    }
+    segcam = rows["API: segcam's form reader (api/multipart.py)"]
+    assert segcam["multipart_p50_us"] > 0 and segcam["raw_p50_us"] > 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| API: segcam's form reader")]
+    assert abs(float(line.split(" | ")[1]) - segcam["multipart_p50_us"]) <= 1  # the same figure, printed to 1 us

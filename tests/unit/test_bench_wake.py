@@ -83,3 +83,17 @@ def test_code_after_idle_times_the_code_only_and_spinning_does_not_sleep():
 def test_the_hop_code_is_real_json_work():
     out = json.loads(hop_code())
     assert out["result"]["artifacts"]["mask"].endswith("/artifacts/mask") and "owner" not in out
+
+
+def test_the_command_keeps_its_figures_as_json(redis_url, tmp_path, monkeypatch, capsys):
+    from benchmarks import run, wake
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    assert wake.main(["--redis", redis_url, "--rounds", "3", "--idle-ms", "1"]) == 0
+    (saved,) = tmp_path.glob("wake-*.json")
+    doc = json.loads(saved.read_text())
+    assert doc["loopback"]["probe"] == "Redis PING from redis-py" and doc["loopback"]["idle_ms"] == 1
+    assert doc["hop_code"]["hot_us"] > 0 and doc["machine"]["cores"] >= 1
+    assert f"{doc['loopback']['hot_p50_ms']:.3f} ms hot" in capsys.readouterr().out  # the same figure printed
+    assert wake.main(["--redis", redis_url, "--rounds", "3", "--idle-ms", "1", "--no-save"]) == 0
+    assert len(list(tmp_path.glob("wake-*.json"))) == 1

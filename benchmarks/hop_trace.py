@@ -10,7 +10,8 @@ than ``make profile``'s table (which reads the job record's timestamps): it spli
 worker's delivery into the Celery parent's receipt, its unacked write and the pool child's
 start, or shows the lingering task hearing of the job (``worker/linger.py``). Redis DB 12,
 key prefix ``hoptrace``, unless told otherwise. ``--worst N`` adds every hop of the N jobs
-with the largest overhead; ``--warmup 0`` counts a fresh stack's first jobs too.
+with the largest overhead; ``--warmup 0`` counts a fresh stack's first jobs too. Writes the
+table to ``benchmarks/results/hop_trace-<utc-time>.json``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="jobs left out of the tables (0: a fresh stack's first jobs count)")  # fmt: skip
     ap.add_argument("--worst", type=int, default=0, metavar="N",
                     help="also print each hop of the N jobs with the largest overhead (where a p99 goes)")  # fmt: skip
+    ap.add_argument("--no-save", action="store_true", help="print the tables only")
     args = ap.parse_args(argv)
     from benchmarks.run import MODELS, build_store, images
 
@@ -105,20 +107,33 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(rows)} jobs, {args.workers} worker(s): {heard} claimed by a lingering task, "
         f"{len(rows) - heard} delivered by Celery\n"
     )
+    figures = hop_figures(rows)
     print(f"| hop ({args.model} model, {client} client, {args.gap_ms:.0f} ms between jobs) | p50 ms | p90 ms |")
     print("|---|---|---|")
-    for a, b, what in HOPS:
-        d = sorted((r[b] - r[a]) * 1000 for r in rows if a in r and b in r)
-        if d:
-            print(f"| {what} | {statistics.median(d):.2f} | {d[int(0.9 * len(d))]:.2f} |")
-    totals = {"compute (decode .. encode, timings_ms.total_ms)": lambda r: r["compute"],
-              "overhead (end to end - compute)": overhead}  # fmt: skip
-    for name, f in totals.items():
-        d = sorted(f(r) * 1000 for r in rows)
-        print(f"| {name} | {statistics.median(d):.2f} | {d[int(0.9 * len(d))]:.2f} |")
+    for what, f in figures.items():
+        print(f"| {what} | {f['p50_ms']:.2f} | {f['p90_ms']:.2f} |")
     if args.worst > 0:
         print(worst_table(rows, args.worst))
+    if not args.no_save:
+        from benchmarks.run import machine, save_result
+
+        doc = {"args": vars(args), "machine": machine(), "jobs": len(rows), "claimed_by_lingering": heard}
+        save_result("hop_trace", {**doc, "hops": figures})
     return 0
+
+
+def hop_figures(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """p50 and p90 milliseconds of each hop some job crossed, in path order, then compute and
+    overhead (end to end less compute)."""
+    out = {}
+    spans = [(what, lambda r, a=a, b=b: r[b] - r[a] if a in r and b in r else None) for a, b, what in HOPS]
+    spans += [("compute (decode .. encode, timings_ms.total_ms)", lambda r: r["compute"]),
+              ("overhead (end to end - compute)", overhead)]  # fmt: skip
+    for what, span in spans:
+        d = sorted(s * 1000 for r in rows if (s := span(r)) is not None)
+        if d:
+            out[what] = {"p50_ms": round(statistics.median(d), 3), "p90_ms": round(d[int(0.9 * len(d))], 3)}
+    return out
 
 
 def job_marks(trace: str) -> list[dict[str, float]]:

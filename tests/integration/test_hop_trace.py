@@ -21,7 +21,7 @@ ALTERNATIVES = ("worker parent", "  of which", "worker: hand-off", "worker child
 
 def test_a_real_trace_times_every_hop_on_a_job_s_path(redis_url, prefix):
     cmd = [sys.executable, "-m", "benchmarks.hop_trace", "--jobs", "5", "--warmup", "1", "--gap-ms", "0",
-           "--redis-url", redis_url, "--prefix", prefix, "--worst", "1"]  # fmt: skip
+           "--redis-url", redis_url, "--prefix", prefix, "--worst", "1", "--no-save"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}

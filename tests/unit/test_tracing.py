@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.hop_trace import HOPS, job_marks, worst_table
+from benchmarks.hop_trace import HOPS, hop_figures, job_marks, worst_table
 from tests.conftest import ROOT
 
 CHECK = """
@@ -54,3 +54,17 @@ def test_the_worst_jobs_table_names_the_hop_that_paid():
     form_row = next(line for line in table.splitlines() if line.startswith(f"| {HOPS[2][2]} |"))
     assert form_row.split("|")[2:4] == [" 0.50 ", " 30.50 "]  # median job, worst job
     assert table.splitlines()[-1] == "| overhead | 3.00 | 33.00 |"
+
+
+def test_the_hop_figures_skip_hops_a_job_did_not_cross_and_end_with_the_overhead():
+    """What the table prints and the JSON keeps: a Celery hop counts only the jobs Celery
+    delivered (a lingering task's jobs have no ``take>``), in path order, overhead last."""
+    base = {"sent": 0.0, "recv>": 0.001, "compute": 0.010, "answered": 0.014}
+    rows = [{**base, "take>": 0.002, "take<": 0.004}, {**base}, {**base, "answered": 0.020}]
+    figures = hop_figures(rows)
+    took = next(what for a, b, what in HOPS if (a, b) == ("take>", "take<"))
+    assert figures[took] == {"p50_ms": 2.0, "p90_ms": 2.0}  # one job crossed it, not three
+    assert figures[HOPS[0][2]]["p50_ms"] == 1.0
+    assert list(figures)[-1] == "overhead (end to end - compute)"
+    assert figures["overhead (end to end - compute)"] == {"p50_ms": 4.0, "p90_ms": 10.0}
+    assert not any(what in figures for _, _, what in HOPS[2:8] if what != took)  # no marks: no row

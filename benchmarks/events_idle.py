@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         from benchmarks import run
 
-        run.save_result("events_idle", {"args": vars(args), "machine": run.machine(), "follow_ms": summ})
+        run.save_result("events_idle", args, {"follow_ms": summ})
     return 0
 
 

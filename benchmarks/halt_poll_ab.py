@@ -76,7 +76,7 @@ def spin_ab(args: argparse.Namespace) -> int:
 
 
 def _save(args: argparse.Namespace, body: dict) -> int:
-    run.save_result("halt_poll_ab", {"args": vars(args), "machine": run.machine(), **body})
+    run.save_result("halt_poll_ab", args, body)
     return 0
 
 

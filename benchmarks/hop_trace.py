@@ -115,10 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worst > 0:
         print(worst_table(rows, args.worst))
     if not args.no_save:
-        from benchmarks.run import machine, save_result
+        from benchmarks.run import save_result
 
-        doc = {"args": vars(args), "machine": machine(), "jobs": len(rows), "claimed_by_lingering": heard}
-        save_result("hop_trace", {**doc, "hops": figures})
+        save_result("hop_trace", args, {"jobs": len(rows), "claimed_by_lingering": heard, "hops": figures})
     return 0
 
 

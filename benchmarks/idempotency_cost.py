@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.loadgen import RawClient, multipart_request
-from benchmarks.run import ROOT, Procs, machine, save_result
+from benchmarks.run import ROOT, Procs, save_result
 from stack.local import API_CMD, free_port
 
 KINDS = ("without a key", "with a fresh key")
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += [f"| {k} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['n']} |" for k, v in summ.items()]
     print("\n".join(rows) + f"\n\nwith / without: {ratio:.3f}x at p50")
     if not args.no_save:
-        save_result("idempotency_cost", {"args": vars(args), "machine": machine(), "summary": summ,
-                                         "ratio_p50": round(ratio, 4)})  # fmt: skip
+        save_result("idempotency_cost", args, {"summary": summ, "ratio_p50": round(ratio, 4)})
     return 0
 
 

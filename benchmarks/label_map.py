@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.overlay_format import photo, shipped_model
-from benchmarks.run import machine, save_result
+from benchmarks.run import save_result
 from shared.imaging import decode_rgb
 from worker import labels
 from worker.loader import LoadedModel
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(rows))
     print("\npixels off: label-map pixels that differ from the argmax of every channel upsampled")
     if not args.no_save:
-        save_result("label_map", {"args": vars(args), "machine": machine(), "results": results})
+        save_result("label_map", args, {"results": results})
     return 0
 
 

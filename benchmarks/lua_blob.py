@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         from benchmarks import run
 
-        doc = {"args": vars(args), "machine": run.machine(), "scripts": scripts, "pubsub": pubsub}
-        run.save_result("lua_blob", doc)
+        run.save_result("lua_blob", args, {"scripts": scripts, "pubsub": pubsub})
     return 0
 
 

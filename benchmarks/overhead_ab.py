@@ -200,7 +200,7 @@ def overload(args: argparse.Namespace, bench: run.Bench, trees: dict[str, Path],
 def _save(args: argparse.Namespace, rows: dict, summary: dict) -> int:
     kind = ("overload" if args.overload else "refusals" if args.refusals else "gateway" if args.gateway
             else "overhead")  # fmt: skip
-    run.save_result(f"{kind}_ab", {"args": vars(args), "machine": run.machine(), "rounds": rows, "summary": summary})
+    run.save_result(f"{kind}_ab", args, {"rounds": rows, "summary": summary})
     return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from benchmarks.run import ROOT, machine, save_result
+from benchmarks.run import ROOT, save_result
 from shared.model_store import ModelStore
 from shared.schemas import Method
 from worker import render
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmasks and heatmaps byte for byte the same in both variants\n")
     print("\n".join(blends) + "\n\nthe same pixels from both blends")
     if not args.no_save:
-        save_result("overlay_format", {"args": vars(args), "machine": machine(), "results": results})
+        save_result("overlay_format", args, {"results": results})
     return 0
 
 

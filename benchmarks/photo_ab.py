@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         table[k] = {a: round(pa, 1), b: round(pb, 1), "ratio": round(pb / pa, 3), "n": len(samples[a][k])}
         rows.append(f"| {k} | {pa:.1f} | {pb:.1f} | {pb / pa:.2f} |")
     print("\n" + "\n".join(rows))
-    run.save_result("photo_ab", {"args": vars(args), "machine": run.machine(), "results": table})
+    run.save_result("photo_ab", args, {"results": table})
     return 0
 
 

@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("| " + " | ".join(map(str, cells)) + " |", flush=True)
     finally:
         bench.close()
-    run.save_result("pinning_ab", {"args": vars(args), "machine": run.machine(), "code": run.code_version(),
-                                   "rounds": rows})  # fmt: skip
+    run.save_result("pinning_ab", args, {"rounds": rows})
     return 0
 
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from benchmarks.overlay_format import photo, shipped_model
-from benchmarks.run import machine, save_result
+from benchmarks.run import save_result
 from shared.schemas import Method
 from worker import render
 from worker.pipeline import Item, Pipeline
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(arts) + "\n\nthe same pixels from both writers\n")
     print("\n".join(jobs) + "\n\nevery job's artifacts the same pixels with both writers")
     if not args.no_save:
-        save_result("png_encode", {"args": vars(args), "machine": machine(), "results": results})
+        save_result("png_encode", args, {"results": results})
     return 0
 
 

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"| {key} | {b} | {stage} | {name} | {med:.2f} | {base / med:.2f}x |", flush=True)
     finally:
         bench.close()
-    run.save_result("postprocess", {"machine": run.machine(device), "args": vars(args), "rows": rows})
+    run.save_result("postprocess", args, {"rows": rows}, device=device)
     return 0
 
 

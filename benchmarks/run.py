@@ -851,11 +851,13 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def save_result(kind: str, doc: dict) -> Path:
+def save_result(kind: str, args: argparse.Namespace, doc: dict, device: str = "cpu") -> Path:
     """Keep a side benchmark's figures, as ``make bench`` keeps its own:
-    ``benchmarks/results/<kind>-<utc-time>.json``."""
+    ``benchmarks/results/<kind>-<utc-time>.json``, with the command's arguments, the machine and
+    the commit, so that a figure quoted later can be read against its host and rerun on its code."""
     out = RESULTS / f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    head = {"args": vars(args), "machine": machine(device), "code": code_version()}
+    out.write_text(json.dumps({**head, **doc}, indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return out
 

@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({ms_per_job:.1f} ms per job), stages p50 {loop['stage_ms_p50']}; {total} main-thread samples")  # fmt: skip
     print()
     print(table(total, counts, ms_per_job))
-    record = {"model": args.model, "clients": args.clients, "settings": settings, "machine": run.machine(),
-              "code": run.code_version(), "throughput_per_s": rate, "stage_ms_p50": loop["stage_ms_p50"],
-              "main_thread_samples": total, "samples": [[p, f, n] for (p, f), n in counts.items()]}  # fmt: skip
-    run.save_result("saturated_profile", record)
+    record = {"model": args.model, "clients": args.clients, "settings": settings, "throughput_per_s": rate,
+              "stage_ms_p50": loop["stage_ms_p50"], "main_thread_samples": total,
+              "samples": [[p, f, n] for (p, f), n in counts.items()]}  # fmt: skip
+    run.save_result("saturated_profile", args, record)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from benchmarks.run import ROOT, Procs, machine, save_result
+from benchmarks.run import ROOT, Procs, save_result
 from stack.local import API_CMD, free_port
 from training.shapes import make_scene
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(one(args, "sse", interval, Path(tmp)))
     print(markdown(rows))
     if not args.no_save:
-        save_result("sse_fanout", {"args": vars(args), "machine": machine(), "rows": rows})
+        save_result("sse_fanout", args, {"rows": rows})
     return 0
 
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import run
 
         figures = {name: {"multipart_p50_us": round(f, 1), "raw_p50_us": round(r, 1)} for name, (f, r) in rows.items()}
-        run.save_result("upload_body", {"args": vars(args), "machine": run.machine(), "rows": figures})
+        run.save_result("upload_body", args, {"rows": figures})
     return 0
 
 

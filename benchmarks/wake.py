@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         from benchmarks import run  # not at the top: run imports this module
 
-        run.save_result("wake", {"args": vars(args), "machine": run.machine(), "loopback": loopback, "hop_code": code})
+        run.save_result("wake", args, {"loopback": loopback, "hop_code": code})
     return 0
 
 

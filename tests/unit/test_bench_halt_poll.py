@@ -98,7 +98,7 @@ def test_spin_rounds_alternate_with_a_spinner_per_cpu_only_in_spinning_rounds(mo
     monkeypatch.setattr(halt_poll_ab.run, "Bench", Bench)
     monkeypatch.setattr(halt_poll_ab.run, "closed_loop", lambda *a, **k: result)
     monkeypatch.setattr(halt_poll_ab.run, "RESULTS", tmp_path)
-    monkeypatch.setattr(halt_poll_ab.run, "machine", lambda: {})
+    monkeypatch.setattr(halt_poll_ab.run, "machine", lambda device="cpu": {})
     assert halt_poll_ab.main(["--spin", "--rounds", "2"]) == 0
     cpus = os.cpu_count() or 1
     assert seen == [0, cpus, 0, cpus, "closed"]

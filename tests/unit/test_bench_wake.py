@@ -94,6 +94,7 @@ def test_the_command_keeps_its_figures_as_json(redis_url, tmp_path, monkeypatch,
     doc = json.loads(saved.read_text())
     assert doc["loopback"]["probe"] == "Redis PING from redis-py" and doc["loopback"]["idle_ms"] == 1
     assert doc["hop_code"]["hot_us"] > 0 and doc["machine"]["cores"] >= 1
+    assert doc["args"]["rounds"] == 3 and "commit" in doc["code"]  # rerunnable: the command and its code
     assert f"{doc['loopback']['hot_p50_ms']:.3f} ms hot" in capsys.readouterr().out  # the same figure printed
     assert wake.main(["--redis", redis_url, "--rounds", "3", "--idle-ms", "1", "--no-save"]) == 0
     assert len(list(tmp_path.glob("wake-*.json"))) == 1

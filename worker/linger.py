@@ -12,6 +12,15 @@ that same script, so exactly one worker runs the job, and an idle worker whose p
 already waiting on the list gets it first. A job queued on another of the worker's queues
 ends the wait, so the parent delivers that one without delay.
 
+While it waits the task also offers to take the queue's next job (``JobStore.offer``): a job
+submitted to the empty queue meanwhile is claimed for the task by the create itself and sent
+over on the worker's hand channel, its record and then its upload, with no Celery message, so
+the job does not wait for the task's claim round trip (0.9x the low-load overhead side by side:
+docs/performance.md). The offer is withdrawn when the wait ends; a withdraw that finds it gone
+means a job was handed meanwhile, and the task takes it from the channel, or from its claims if
+the message was lost. A handed job is in the token's claims like any claimed job, so a crash
+takes it back the same way.
+
 The runner lingers only within ``drain_s`` of the task's start: a job it claims runs under
 the task's time limits, which started with the task, and settings keep ``drain_s`` within a
 quarter of the soft limit. A wait never raises: on any Redis error it reports "nothing
@@ -158,6 +167,10 @@ class QueueWatch:
             self.ps.unsubscribe()
         except redis.RedisError:
             self._drop()
+
+    def reset(self) -> None:
+        """Close the connection and whatever it holds unread; the next ``start`` opens a new one."""
+        self._drop()
 
     def _drop(self) -> None:
         self.listening = False

@@ -172,6 +172,7 @@ class JobRunner:
         handed = self.watch.handed(token, timeout=1.0)
         if handed is None:  # its message was lost with the watch's connection: take it back
             log.warning("a job handed to token %s did not arrive; taking it back", token)
+            self.watch.reset()  # a late copy must not run it twice
             back = self.jobs.take(queue, token, self.worker, mode="reclaim", load=True)
             handed = Taken(False, back.job_ids, back.loaded)
         return handed

@@ -8,8 +8,7 @@ model, or ``make bench``'s realistic one with its images) with ``POST ?wait`` fr
 raw-socket client (``--httpx``: from httpx), and prints the p50 and p90 of each hop. Finer
 than ``make profile``'s table (which reads the job record's timestamps): it splits the
 worker's delivery into the Celery parent's receipt, its unacked write and the pool child's
-start, or shows the lingering task receiving the job (handed to it by the create, or heard
-of and claimed: ``worker/linger.py``). Redis DB 12,
+start, or shows the lingering task hearing of the job (``worker/linger.py``). Redis DB 12,
 key prefix ``hoptrace``, unless told otherwise. ``--worst N`` adds every hop of the N jobs
 with the largest overhead; ``--warmup 0`` counts a fresh stack's first jobs too. Writes the
 table to ``benchmarks/results/hop_trace-<utc-time>.json``.
@@ -42,8 +41,6 @@ HOPS = [
     ("brpop<", "take>", "worker: hand-off to the pool child, task start"),
     ("take>", "take<", "worker child: claim + records + upload (one round trip when the hint hits)"),
     ("take<", "compute>", "worker child: to the pipeline"),
-    ("create<", "handed", "lingering worker child: the job the create handed it arrives, record and upload"),
-    ("handed", "compute>", "worker child: to the pipeline (no claim: the create made it)"),
     ("create<", "heard", "lingering worker child hears the submission (instead of the three hops above)"),
     ("heard", "compute>", "worker child: claim + records + upload, to the pipeline"),
     ("compute<", "finish>", "worker child: compute's output to the finishing half (inline at low load)"),
@@ -105,11 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     marks = job_marks(trace.read_text())
     rows = [{**m, **j} for m, j in zip(marks, jobs, strict=True)][args.warmup :]
     client = "httpx" if args.httpx else "raw-socket"
-    handed = sum("handed" in r for r in rows)
-    heard = handed + sum("heard" in r for r in rows)
+    heard = sum("heard" in r for r in rows)
     print(
-        f"{len(rows)} jobs, {args.workers} worker(s): {heard} taken by a lingering task ({handed} of them handed "
-        f"by the create), {len(rows) - heard} delivered by Celery\n"
+        f"{len(rows)} jobs, {args.workers} worker(s): {heard} claimed by a lingering task, "
+        f"{len(rows) - heard} delivered by Celery\n"
     )
     figures = hop_figures(rows)
     print(f"| hop ({args.model} model, {client} client, {args.gap_ms:.0f} ms between jobs) | p50 ms | p90 ms |")
@@ -121,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         from benchmarks.run import save_result
 
-        doc = {"jobs": len(rows), "claimed_by_lingering": heard, "handed": handed, "hops": figures}
-        save_result("hop_trace", args, doc)
+        save_result("hop_trace", args, {"jobs": len(rows), "claimed_by_lingering": heard, "hops": figures})
     return 0
 
 
@@ -156,7 +151,7 @@ def job_marks(trace: str) -> list[dict[str, float]]:
             if label not in marks[-1] or label == "event<":
                 marks[-1][label] = float(t)
     for m in marks:  # a job a lingering task claimed: its take marks may be the last job's trailing look
-        if "heard" in m or "handed" in m:
+        if "heard" in m:
             for label in ("brpop<", "unacked>", "unacked<", "take>", "take<"):
                 m.pop(label, None)
     return marks

@@ -39,16 +39,10 @@ _STAMP_LUA = """local now = redis.call('TIME')
 local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))"""
 
 # KEYS: job, queued zset, sequence, upload, idempotency key, metrics hash, variants hash,
-# broker list (the Celery queue), completions zset, lingering zset of the queue, running zset.
+# broker list (the Celery queue), completions zset.
 # ARGV: job id, job ttl, priority band, max queue depth (0: none), idempotency ttl (0: no key),
 # request fingerprint, queue channel, model, variant ('' if none), Celery message ('' for
-# none), start of the drain-rate window, the job's events channel, claims key prefix, hand
-# channel prefix, then field/value pairs of the record.
-# A job queued on an empty queue while a worker's task lingers for it (``JobStore.offer``) is
-# handed to that task here: claimed for its token as its own claim would (so a crash takes it
-# back as any running job), its record, then its upload, published on the worker's hand channel, and
-# no Celery message pushed (the task's claim would have taken one off the list). The task's
-# claim round trip is off the job's path.
+# none), start of the drain-rate window, then field/value pairs of the record.
 # The upload is not an argument: a 64 KB string costs Redis about 0.1 ms to pass into Lua (and
 # as much to pass out), against a few microseconds for a plain SET. The caller SETs it in the
 # same MULTI, just before this script, which deletes it again when no job is created.
@@ -72,7 +66,7 @@ if tonumber(ARGV[4]) > 0 and depth >= tonumber(ARGV[4]) then
   return {'full', depth, done, oldest[2] or ''}
 end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 15))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) * 1e12 + seq, ARGV[1])
 if tonumber(ARGV[5]) > 0 then
@@ -80,33 +74,6 @@ if tonumber(ARGV[5]) > 0 then
 end
 redis.call('HINCRBY', KEYS[6], 'jobs|submitted|' .. ARGV[8], 1)
 if ARGV[9] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[9], 1) end
-if ARGV[10] ~= '' and depth == 0 then
-  local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', ms - 60000)  -- left by a worker that died waiting
-  local found = redis.call('ZRANGEBYSCORE', KEYS[10], ms, '+inf', 'LIMIT', 0, 1)
-  if found[1] then
-    redis.call('ZREM', KEYS[10], found[1])
-    local sp = string.find(found[1], ' ', 1, true)
-    local token, worker = string.sub(found[1], 1, sp - 1), string.sub(found[1], sp + 1)
-    local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-    redis.call('ZREM', KEYS[2], ARGV[1])
-    redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', stamp, 'worker', worker, 'token', token,
-               'stage', 'preprocess')
-    redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-    redis.call('SADD', ARGV[13] .. token, ARGV[1])
-    redis.call('EXPIRE', ARGV[13] .. token, ARGV[2])
-    redis.call('ZADD', KEYS[11], stamp, ARGV[1])
-    redis.call('PUBLISH', ARGV[12], 'preprocess')
-    local flat, rec = redis.call('HGETALL', KEYS[1]), {}
-    for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
-    -- Two messages, in this order on the worker's connection: a concatenation would copy the
-    -- upload once more inside Lua (~0.1 ms for 124 KB).
-    redis.call('PUBLISH', ARGV[14] .. worker, token .. ' ' .. cjson.encode(rec))
-    redis.call('PUBLISH', ARGV[14] .. worker, redis.call('GET', KEYS[4]) or '')
-    return {'handed', 0}
-  end
-end
 if ARGV[10] ~= '' then redis.call('LPUSH', KEYS[8], ARGV[10]) end  -- as kombu's Redis transport does
 -- Positions may have moved (a high-priority job goes ahead), and a lingering worker
 -- (worker/linger.py) hears of the new job here.
@@ -238,12 +205,6 @@ local flat, rec = redis.call('HGETALL', KEYS[1]), {{}}
 for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
 redis.call('PUBLISH', KEYS[6], ARGV[2] .. ' ' .. cjson.encode(rec))
 return 1
-"""
-
-# KEYS: lingering zset of a queue. ARGV: "<token> <worker>", how long it waits (ms).
-_OFFER = """
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]), ARGV[1])
 """
 
 # KEYS: job, queued zset, upload, metrics hash. ARGV: job id, ttl, error json, model.
@@ -464,10 +425,9 @@ class JobStore:
         model = k.model_of(queue)
         keys = [k.job(job_id), k.queued(queue), k.sequence(), k.upload(job_id),
                 k.idempotency(owner, idempotency_key or ""), k.metrics(), k.variants(model), queue,
-                k.completions(queue), k.lingering(queue), k.running()]  # fmt: skip
+                k.completions(queue)]  # fmt: skip
         args = [job_id, self.job_ttl_s, priority_band, max_depth, idem_ttl, fingerprint, k.queue_events(queue), model,
-                spec.variant or "", message, repr(now - self.drain_window_s), k.job_events(job_id), k.claims(""),
-                k.hand(""), *flat]  # fmt: skip
+                spec.variant or "", message, repr(now - self.drain_window_s), *flat]  # fmt: skip
         pipe = self.r.pipeline(transaction=True)  # MULTI: the upload and the job exist together or not at all
         pipe.set(k.upload(job_id), upload, ex=self.upload_ttl_s)
         pipe.eval(_CREATE, len(keys), *keys, *args)  # by its body, as _queue_finish does: no SCRIPT EXISTS first
@@ -559,23 +519,6 @@ class JobStore:
     def reclaim(self, token: str, worker: str) -> list[str]:
         """The unfinished jobs an earlier run of ``token`` claimed (it crashed or was killed)."""
         return self.take("", token, worker, mode="reclaim").job_ids
-
-    def offer(self, queue: str, token: str, worker: str, wait_s: float) -> None:
-        """The task ``token`` waits for ``queue``'s next job for ``wait_s``: a job queued on the
-        empty queue meanwhile is handed to it by the create (see _CREATE)."""
-        self.r.eval(_OFFER, 1, self.keys.lingering(queue), f"{token} {worker}", max(1, int(wait_s * 1000)))
-
-    def withdraw(self, queue: str, token: str, worker: str) -> bool:
-        """End an ``offer``. False: a create took it first, so a job is on its way to the
-        worker's hand channel (``handed``), and already in the token's claims."""
-        return bool(self.r.zrem(self.keys.lingering(queue), f"{token} {worker}"))
-
-    @staticmethod
-    def handed(header: bytes) -> tuple[str, JobRecord]:
-        """The token and the record of a hand's first message, "<token> <record JSON>" (its
-        second message is the upload)."""
-        token, body = header.split(b" ", 1)
-        return token.decode(), JobRecord.from_fields(json.loads(body))
 
     def load_for_run(self, job_ids: list[str]) -> list[tuple[JobRecord | None, bytes | None]]:
         """Records and uploads of the jobs a worker is about to run, in one round trip."""

@@ -40,16 +40,6 @@ class Keys:
         orphan sweep looks for jobs that no Celery message will take back (worker/orphans.py)."""
         return f"{self.prefix}:running"
 
-    def lingering(self, queue: str) -> str:
-        """Sorted set: tasks waiting for the queue's next job ("<token> <worker>"), scored by
-        the end of their wait (Redis time, ms): a job queued on an empty queue is handed to one."""
-        return f"{self.prefix}:lingering:{queue}"
-
-    def hand(self, worker: str) -> str:
-        """Pub/sub channel: a job handed to the worker's lingering task, record and upload.
-        Not under ``ev:``: the gateway's event hub must not receive uploads."""
-        return f"{self.prefix}:hand:{worker}"
-
     def completions(self, queue: str) -> str:
         """Sorted set: jobs of a queue finished in the last minute, by time (the drain rate)."""
         return f"{self.prefix}:done:{queue}"

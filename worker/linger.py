@@ -12,15 +12,6 @@ that same script, so exactly one worker runs the job, and an idle worker whose p
 already waiting on the list gets it first. A job queued on another of the worker's queues
 ends the wait, so the parent delivers that one without delay.
 
-While it waits the task also offers to take the queue's next job (``JobStore.offer``): a job
-submitted to the empty queue meanwhile is claimed for the task by the create itself and sent
-over on the worker's hand channel, its record and then its upload, with no Celery message, so
-the job does not wait for the task's claim round trip (0.9x the low-load overhead side by side:
-docs/performance.md). The offer is withdrawn when the wait ends; a withdraw that finds it gone
-means a job was handed meanwhile, and the task takes it from the channel, or from its claims if
-the message was lost. A handed job is in the token's claims like any claimed job, so a crash
-takes it back the same way.
-
 The runner lingers only within ``drain_s`` of the task's start: a job it claims runs under
 the task's time limits, which started with the task, and settings keep ``drain_s`` within a
 quarter of the soft limit. A wait never raises: on any Redis error it reports "nothing
@@ -35,27 +26,18 @@ from collections.abc import Callable
 
 import redis
 
-from shared.jobs import JobStore, Taken
-
 log = logging.getLogger("segcam.worker")
 
 
 class QueueWatch:
     def __init__(
-        self,
-        client: redis.Redis,
-        channels: dict[str, str],
-        follow: Callable[[], dict[str, str]] | None = None,
-        hand: str | None = None,
+        self, client: redis.Redis, channels: dict[str, str], follow: Callable[[], dict[str, str]] | None = None
     ) -> None:
         """``channels``: the worker's queues (Celery queue names) -> their pub/sub channels.
         ``follow``: where a worker that serves every model reads them again at each ``start``,
-        to gain the queue of a model imported after it started (``worker/model_watch.py``).
-        ``hand``: the worker's hand channel, where a job queued while the task offered to
-        wait for it arrives with its record and upload (``JobStore.offer``)."""
+        to gain the queue of a model imported after it started (``worker/model_watch.py``)."""
         self.client = client
         self.follow = follow
-        self.hand = hand.encode() if hand else None
         self.ps: redis.client.PubSub | None = None
         self.listening = False
         self._set_channels(channels)
@@ -78,12 +60,9 @@ class QueueWatch:
                 log.warning("model store unreadable: %s", e)
         try:
             if self.ps is None:
-                # Identity push handler: redis-py's default formats each message into a debug
-                # string first, ~1.6 ms for a hand's 124 KB upload (benchmarks.lua_blob).
-                self.ps = self.client.pubsub(push_handler_func=lambda m: m)
-            channels = [*self.queue_of, self.hand] if self.hand else list(self.queue_of)
-            self.ps.subscribe(*channels)
-            pending, deadline = len(channels), time.monotonic() + timeout
+                self.ps = self.client.pubsub()
+            self.ps.subscribe(*self.queue_of)
+            pending, deadline = len(self.queue_of), time.monotonic() + timeout
             while pending and (left := deadline - time.monotonic()) > 0:
                 m = self.ps.get_message(timeout=left)  # earlier replies (unsubscribe, stale messages) skipped
                 if m is not None and m["type"] == "subscribe":
@@ -94,23 +73,16 @@ class QueueWatch:
             self._drop()
         return self.listening
 
-    def wait(self, queue: str, until: float, token: str | None = None) -> str | Taken | None:
-        """The ID of a job queued on ``queue`` before ``until`` (monotonic), or the job handed
-        to ``token``, else None: the time ran out, or a job was queued on another of the
-        worker's queues first."""
+    def wait(self, queue: str, until: float) -> str | None:
+        """The ID of a job queued on ``queue`` before ``until`` (monotonic), else None: the time
+        ran out, or a job was queued on another of the worker's queues first."""
         if not self.listening:
             return None
         try:
             while (left := until - time.monotonic()) > 0:
                 m = self.ps.get_message(timeout=left)
-                if m is None or m["type"] != "message":
-                    continue  # a timeout slice
-                if m["channel"] == self.hand:
-                    if (got := self._handed(m["data"], token)) is not None:
-                        return got
-                    continue  # a stale hand, or its upload
-                if not m["data"].startswith(b"queued "):
-                    continue  # positions that moved
+                if m is None or m["type"] != "message" or not m["data"].startswith(b"queued "):
+                    continue  # a timeout slice, or positions that moved
                 if self.queue_of.get(m["channel"]) != queue:
                     return None
                 return m["data"][7:].decode()
@@ -118,45 +90,6 @@ class QueueWatch:
             log.debug("queue watch lost: %s", e)
             self._drop()
         return None
-
-    def handed(self, token: str, timeout: float) -> Taken | None:
-        """The job handed to ``token``, which a create took the offer for: its message left
-        Redis before the withdraw's reply did, so it is here unless the connection broke."""
-        if not self.listening:
-            return None
-        try:
-            until = time.monotonic() + timeout
-            while (left := until - time.monotonic()) > 0:
-                m = self.ps.get_message(timeout=left)
-                got = None
-                if m is not None and m["type"] == "message" and m["channel"] == self.hand:
-                    got = self._handed(m["data"], token)
-                if got is not None:
-                    return got
-        except redis.RedisError as e:
-            log.debug("queue watch lost: %s", e)
-            self._drop()
-        return None
-
-    def _handed(self, header: bytes, token: str | None) -> Taken | None:
-        """The job of a hand addressed to ``token``, its upload read from the next message."""
-        if token is None or not header.startswith(token.encode() + b" "):
-            return None  # an upload, or a hand for an earlier task, which took its job back already
-        try:
-            _, rec = JobStore.handed(header)
-        except (ValueError, KeyError) as e:  # not a hand message: never sent by segcam
-            log.warning("unreadable hand message: %s", e)
-            return None
-        upload = None
-        while upload is None:  # published right after the header: nothing comes between them
-            m = self.ps.get_message(timeout=1.0)
-            if m is None:
-                break  # lost: the record's upload is read with the claims (see JobRunner._linger)
-            if m["type"] == "message" and m["channel"] == self.hand:
-                upload = m["data"]
-        if upload is None:
-            return None
-        return Taken(False, [rec.id], {rec.id: (rec, upload or None)})
 
     def stop(self) -> None:
         """Stop listening until the next ``start``: nothing piles up while jobs run."""
@@ -167,10 +100,6 @@ class QueueWatch:
             self.ps.unsubscribe()
         except redis.RedisError:
             self._drop()
-
-    def reset(self) -> None:
-        """Close the connection and whatever it holds unread; the next ``start`` opens a new one."""
-        self._drop()
 
     def _drop(self) -> None:
         self.listening = False

@@ -131,9 +131,9 @@ class JobRunner:
                     return outcome
                 if lane is not None:  # the queue ran dry: the lane's batch is stored first, in order
                     outcome.update(lane.wait())
-                if (heard := self._linger(queue, token, started)) is None:
+                if (heard := self._linger(queue, started)) is None:
                     return outcome
-                taken = heard if isinstance(heard, Taken) else self._backlog(queue, token, hint=heard or None)
+                taken = self._backlog(queue, token, hint=heard or None)
         finally:
             if lane is not None:
                 outcome.update(lane.wait())  # the outcome dict returned above gets it too
@@ -151,31 +151,14 @@ class JobRunner:
             load=True, hint=hint, others=others, yield_to_others=ahead,
         )  # fmt: skip
 
-    def _linger(self, queue: str, token: str, started: float) -> str | Taken | None:
-        """The queue is empty: wait for its next job. Returns the job handed to the task, the ID
-        of a job just queued ("" to look once more, right after the watch started), or None to
-        end the task. The task offers to take the next job (``JobStore.offer``): a submission
-        then claims it for the task itself and sends it over, record and upload, so the job
-        does not wait for the task's claim round trip."""
+    def _linger(self, queue: str, started: float) -> str | None:
+        """The queue is empty: wait for its next job. Returns the ID of a job just queued ("" to
+        look once more, right after the watch started), or None to end the task."""
         if self.linger_s <= 0 or time.monotonic() - started >= self.drain_s or self.stopping():
             return None
         if not self.watch.listening:  # a job queued before the watch started is found by looking again
             return "" if self.watch.start() else None
-        until = min(time.monotonic() + self.linger_s, started + self.drain_s)
-        if self.watch.hand is None:
-            return self.watch.wait(queue, until)
-        self.jobs.offer(queue, token, self.worker, until - time.monotonic())
-        heard = self.watch.wait(queue, until, token)
-        if isinstance(heard, Taken) or self.jobs.withdraw(queue, token, self.worker):
-            return heard
-        # A create took the offer as the wait ended: the job is this token's already.
-        handed = self.watch.handed(token, timeout=1.0)
-        if handed is None:  # its message was lost with the watch's connection: take it back
-            log.warning("a job handed to token %s did not arrive; taking it back", token)
-            self.watch.reset()  # a late copy must not run it twice
-            back = self.jobs.take(queue, token, self.worker, mode="reclaim", load=True)
-            handed = Taken(False, back.job_ids, back.loaded)
-        return handed
+        return self.watch.wait(queue, min(time.monotonic() + self.linger_s, started + self.drain_s))
 
     def _round(
         self, token: str, batches: list[list[str]], loaded: dict | None = None, lane: FinishLane | None = None

@@ -98,7 +98,7 @@ def init(worker_name: str, settings: Settings | None = None) -> JobRunner:
         max_wait_ms=settings.max_wait_ms,
         drain_s=settings.drain_s,
         linger_ms=settings.linger_ms,
-        watch=queue_watch(settings, client, keys, store, models, worker_name),
+        watch=queue_watch(settings, client, keys, store, models),
         max_deliveries=settings.max_deliveries,
         fault_injection=settings.fault_injection,
         postprocess_threads=threads,
@@ -137,9 +137,7 @@ def queue_channels(keys: Keys, models: list[str]) -> dict[str, str]:
     return {keys.celery_queue(m): keys.queue_events(keys.celery_queue(m)) for m in models}
 
 
-def queue_watch(
-    settings: Settings, client, keys: Keys, store: ModelStore, models: list[str], worker: str | None = None
-) -> QueueWatch:
+def queue_watch(settings: Settings, client, keys: Keys, store: ModelStore, models: list[str]) -> QueueWatch:
     """What a lingering task listens to: the served models' queues, and, for a worker that
     serves every model, those of models imported later too (its parent consumes them within
     ``SEGCAM_MODEL_POLL_S``), so a job of one ends a wait or a drain as any other queue's does.
@@ -148,8 +146,7 @@ def queue_watch(
     def follow() -> dict[str, str]:
         return queue_channels(keys, served_models(settings, store))
 
-    hand = keys.hand(worker) if worker else None
-    return QueueWatch(client, queue_channels(keys, models), None if settings.served_models else follow, hand)
+    return QueueWatch(client, queue_channels(keys, models), None if settings.served_models else follow)
 
 
 def queue_for(model: str) -> str:

@@ -52,15 +52,14 @@ def _install(path: str) -> None:
         setattr(owner, attr, traced)
 
     def wrap_heard(owner, attr: str, label: str) -> None:
-        """Marks only the waits that returned something, on their return: a job heard of
-        (an ID), or "handed" (the job itself, handed over by the create)."""
+        """Marks only the waits that returned something (a job heard of), on their return."""
         f = getattr(owner, attr)
 
         @functools.wraps(f)
         def traced(*a, **k):
             out = f(*a, **k)
             if out:
-                mark("handed" if hasattr(out, "job_ids") else label)
+                mark(label)
             return out
 
         setattr(owner, attr, traced)
@@ -81,10 +80,7 @@ def _install(path: str) -> None:
         ),
         "kombu.transport.redis": lambda m: (wrap(m.Channel, "_brpop_read", "brpop"), wrap(m.QoS, "append", "unacked")),
         "worker.pipeline": lambda m: (wrap(m.Pipeline, "compute", "compute"), wrap(m.Pipeline, "finish", "finish")),
-        "worker.linger": lambda m: (
-            wrap_heard(m.QueueWatch, "wait", "heard"),
-            wrap_heard(m.QueueWatch, "handed", "handed"),
-        ),
+        "worker.linger": lambda m: wrap_heard(m.QueueWatch, "wait", "heard"),
     }
 
     class Finder(importlib.abc.MetaPathFinder):

@@ -130,23 +130,6 @@ def test_a_poison_job_stops_after_max_deliveries_and_blocks_nothing(chaos):
     assert [wait_final(chaos.url, h)["status"] for h in healthy] == ["succeeded"] * 3
 
 
-def test_a_job_taken_by_a_lingering_task_whose_process_dies_comes_back(chaos, redis_url):
-    """Submitted just after a job ends, a job is handed to the task that ran it, which lingers
-    for the next one (``JobStore.offer``): no Celery message of its own exists. When that
-    task's process dies on it, the token's message, requeued as for any job killed mid-run,
-    takes it back with the token's claims, until it is a poison job; nothing is left running."""
-    first = httpx.post(f"{chaos.url}/v1/jobs", params={"wait": 30}, files={"image": ("a.png", scene_png(6))},
-                       timeout=40).json()  # fmt: skip
-    assert first["status"] == "succeeded", first
-    poison = submit(chaos.url, scene_png(7, fault="kill@preprocess"))["id"]  # within the 250 ms linger
-    final = wait_final(chaos.url, poison, timeout=120)
-    assert final["status"] == "failed" and final["error"]["code"] == "poison_job", final
-    store = JobStore(redis.Redis.from_url(redis_url), Keys(chaos.prefix), 60, 60)
-    assert store.get(poison).token == store.get(first["id"]).token  # the first job's task took it
-    assert store.r.zscore(Keys(chaos.prefix).running(), poison) is None
-    run_ok(chaos.url)
-
-
 def test_cancel_a_queued_job_and_a_running_one(chaos):
     busy = occupy_both_workers(chaos.url, 60, 2.5)
     queued = submit(chaos.url, scene_png(59))["id"]

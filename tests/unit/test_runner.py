@@ -55,10 +55,8 @@ def parts(rclient, prefix):
         queues=(),
         overlap=False,
         stopping=lambda: False,
-        hand: bool = True,
     ) -> JobRunner:
-        channels = {q: keys.queue_events(q) for q in queues}
-        watch = QueueWatch(rclient, channels, hand=keys.hand(name) if hand else None) if queues else None
+        watch = QueueWatch(rclient, {q: keys.queue_events(q) for q in queues}) if queues else None
         return JobRunner(jobs, arts, store, cache, name, max_batch_size=batch, drain_s=drain_s, linger_ms=linger_ms,
                          watch=watch, overlap=overlap, stopping=stopping)  # fmt: skip
 
@@ -330,12 +328,10 @@ def _after_done(jobs, job_id: str, then) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize(("overlap", "hand"), [(False, True), (True, True), (False, False)])
-def test_an_idle_task_lingers_and_claims_the_next_submission_itself(parts, rclient, prefix, monkeypatch, overlap,
-                                                                    hand):  # fmt: skip
+@pytest.mark.parametrize("overlap", [False, True])
+def test_an_idle_task_lingers_and_claims_the_next_submission_itself(parts, rclient, prefix, monkeypatch, overlap):
     """At low load the finishing lane stays out of the way: each job, with none queued behind
-    it, finishes on the task's thread. With a hand channel the submission claims the job for
-    the lingering task and sends it over; without, the task claims it on hearing of it."""
+    it, finishes on the task's thread."""
     jobs, _arts, runner, submit = parts
     queue = f"{prefix}.jobs.shapes"
     a, b = held_out(2)
@@ -346,49 +342,14 @@ def test_an_idle_task_lingers_and_claims_the_next_submission_itself(parts, rclie
                         or real_finish(self, *a, **k))  # fmt: skip
     t = _after_done(jobs, f"{0:032x}", lambda: submit(f"{1:032x}", b.image, queue=queue))
     started = time.monotonic()
-    real_take, took_ids = jobs.take, []
-    monkeypatch.setattr(jobs, "take", lambda *a, **k: (x := real_take(*a, **k), took_ids.extend(x.job_ids))[0])
-    out = runner(drain_s=60, linger_ms=600, queues=[queue], overlap=overlap, hand=hand).run_token("tok", queue)
+    out = runner(drain_s=60, linger_ms=600, queues=[queue], overlap=overlap).run_token("tok", queue)
     took = time.monotonic() - started
     t.join()
     assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "succeeded"}
-    assert (f"{1:032x}" in took_ids) is not hand  # handed: no claim of the task's brought it
-    assert jobs.get(f"{1:032x}").deliveries == 1
-    assert rclient.zcard(Keys(prefix).lingering(queue)) == 0  # the last wait's offer withdrawn
     assert threads == ["MainThread", "MainThread"]
     assert jobs.get(f"{1:032x}").token == "tok"  # this task ran it ...
     assert rclient.llen(queue) == 0  # ... and its message came off the list: no task runs empty for it
     assert took < 10  # then it waited linger_ms more for a third job, and ended
-
-
-@pytest.mark.parametrize("arrives", [True, False])
-def test_a_job_handed_as_the_wait_ends_is_run_by_the_task(parts, rclient, prefix, monkeypatch, arrives):
-    """The create took the offer just as the wait timed out: the withdraw finds the offer gone,
-    and the task takes the job from its hand channel, or, the message lost with the watch's
-    connection, back from its claims. Either way the job runs, once, in this task."""
-    jobs, _arts, runner, submit = parts
-    queue = f"{prefix}.jobs.shapes"
-    a, b = held_out(2)
-    submit(f"{0:032x}", a.image, queue=queue)
-    rclient.rpop(queue)
-    r = runner(drain_s=60, linger_ms=300, queues=[queue])
-    real_wait, calls = r.watch.wait, []
-
-    def wait_ends_as_a_job_comes(q, until, token=None):
-        calls.append(token)
-        if len(calls) == 1:
-            submit(f"{1:032x}", b.image, queue=queue)  # handed: the offer is taken
-            return None  # ... and the wait ends before reading it
-        return real_wait(q, until, token)
-
-    monkeypatch.setattr(r.watch, "wait", wait_ends_as_a_job_comes)
-    if not arrives:
-        monkeypatch.setattr(r.watch, "handed", lambda token, timeout: None)
-    out = r.run_token("tok", queue)
-    assert out == {f"{0:032x}": "succeeded", f"{1:032x}": "succeeded"}
-    rec = jobs.get(f"{1:032x}")
-    assert rec.token == "tok" and rec.deliveries == (1 if arrives else 2)  # taken back: a second delivery
-    assert rclient.llen(queue) == 0 and rclient.scard(Keys(prefix).claims("tok")) == 0
 
 
 def test_without_lingering_the_task_ends_when_its_queue_is_empty(parts, rclient, prefix):

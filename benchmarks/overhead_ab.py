@@ -9,6 +9,7 @@
     python -m benchmarks.overhead_ab fc2244c HEAD --overload 4  # refusal latency with a worker at 4x capacity
     python -m benchmarks.overhead_ab 5e47c7e HEAD --model realistic --clients 4 --post-wait  # saturated
     python -m benchmarks.overhead_ab HEAD~1 HEAD --hide-in-a hiredis --raw  # an optional package off in A
+    python -m benchmarks.overhead_ab HEAD HEAD --raw --model realistic  # A/A: this machine's noise
 
 Each commit is checked out in a temporary git worktree; its API and worker run from there
 (this checkout's virtualenv), against the same Redis, images and client, one client waiting
@@ -38,8 +39,16 @@ from pathlib import Path
 from benchmarks import run
 
 
-def worktree(rev: str, parent: Path) -> Path:
-    path = parent / rev.replace("/", "_")
+def labels(revisions: list[str]) -> list[str]:
+    """What the two setups are called in the rounds and the table. The same revision twice is
+    an A/A run: the ratio two setups of the same code give on this machine, which is the
+    noise a real A/B ratio has to beat (0.90 once, docs/performance.md, stop 44)."""
+    a, b = revisions
+    return [f"{a} (A)", f"{b} (B)"] if a == b else [a, b]
+
+
+def worktree(rev: str, parent: Path, name: str | None = None) -> Path:
+    path = parent / (name or rev).replace("/", "_").replace(" ", "_")
     subprocess.run(["git", "worktree", "add", "--detach", "-f", str(path), rev], cwd=run.ROOT, check=True,
                    capture_output=True)  # fmt: skip
     return path
@@ -74,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     bench = run.Bench(argparse.Namespace(threads=1, seconds=args.seconds))
     tmp = Path(tempfile.mkdtemp(prefix="segcam-ab-"))
-    trees = {rev: worktree(rev, tmp) for rev in args.revisions}
-    envs = {args.revisions[0]: hiding(args.hide_in_a.split(","), tmp)} if args.hide_in_a else {}
+    names = labels(args.revisions)
+    trees = {name: worktree(rev, tmp, name) for name, rev in zip(names, args.revisions, strict=True)}
+    envs = {names[0]: hiding(args.hide_in_a.split(","), tmp)} if args.hide_in_a else {}
     model, _ = run.MODELS[args.model]
     # with a full queue every answer but the first is a 429: all requests count
     rate, label = ("rps", "refusals") if args.refusals else ("accepted_per_s", "accepted")
-    rows: dict[str, list[dict]] = {rev: [] for rev in args.revisions}
+    rows: dict[str, list[dict]] = {name: [] for name in names}
     if args.overload:
         return overload(args, bench, trees, rows, envs)
 
@@ -106,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                    for rev, rs in rows.items()}  # fmt: skip
         for rev, s in summary.items():
             print(f"| {rev} | {args.rounds} | {s[rate]:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
-        a, b = args.revisions
+        a, b = labels(args.revisions)
         print(f"\n{label}/s ratio {b} / {a}: {summary[b][rate] / summary[a][rate]:.2f}")
         return _save(args, rows, summary)
     summary = overhead_table(rows, "commit")
-    a, b = args.revisions
+    a, b = labels(args.revisions)
     print(
         f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}; "
         f"images/s ratio: {summary[b]['images_per_s'] / summary[a]['images_per_s']:.2f}"

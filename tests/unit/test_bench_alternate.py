@@ -54,3 +54,16 @@ def test_hidden_modules_fail_to_import_in_the_hidden_environment_only(tmp_path):
     assert hidden.stdout.split() == ["True", "False"]  # redis-py falls back to its Python parser
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.split()[0] == "False"  # Pillow is installed with the project
+
+
+def test_the_same_revision_twice_is_an_a_a_run_from_two_trees(tmp_path):
+    """The noise a real comparison has to beat: two setups of the same code, named apart."""
+    assert overhead_ab.labels(["abc", "def"]) == ["abc", "def"]
+    names = overhead_ab.labels(["HEAD", "HEAD"])
+    assert names == ["HEAD (A)", "HEAD (B)"]
+    trees = [overhead_ab.worktree("HEAD", tmp_path, name) for name in names]
+    try:
+        assert trees[0] != trees[1] and all((t / "benchmarks" / "overhead_ab.py").exists() for t in trees)
+    finally:
+        for t in trees:
+            subprocess.run(["git", "worktree", "remove", "--force", str(t)], cwd=run.ROOT, check=True)

@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                    for rev, rs in rows.items()}  # fmt: skip
         for rev, s in summary.items():
             print(f"| {rev} | {args.rounds} | {s[rate]:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
-        a, b = labels(args.revisions)
+        a, b = names
         print(f"\n{label}/s ratio {b} / {a}: {summary[b][rate] / summary[a][rate]:.2f}")
         return _save(args, rows, summary)
     summary = overhead_table(rows, "commit")
-    a, b = labels(args.revisions)
+    a, b = names
     print(
         f"\noverhead p50 ratio {b} / {a}: {summary[b]['overhead_p50'] / summary[a]['overhead_p50']:.2f}; "
         f"images/s ratio: {summary[b]['images_per_s'] / summary[a]['images_per_s']:.2f}"
